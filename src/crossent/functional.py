@@ -1,0 +1,649 @@
+r"""Cross-entropy losses on NumPy arrays, with PyTorch's exact semantics and gradients.
+
+Every loss ``f`` has a twin ``f_with_grad(<same arguments>, grad_output=None)`` that returns
+``(loss, grad_input)`` from one fused pass; ``grad_input`` is what PyTorch's autograd gives
+for ``input`` when the loss is back-propagated with ``grad_output`` (default 1).
+
+The class axis is PyTorch's: axis 1 of ``(N, C)`` and ``(N, C, d1, ..., dK)`` inputs, axis 0
+of an unbatched ``(C,)`` input.  float16 inputs are computed in float32 and returned as
+float16; float32 and float64 keep their dtype.
+
+Where PyTorch returns NaN only through ``0 * log 0``, these functions return the finite,
+mathematically right value:
+
+* probability targets (and smoothing with a zero class weight) with probability 0 on a class
+  whose logit is ``-inf``: that class contributes 0 (PyTorch: NaN);
+* ignored elements whose logits are not finite: gradient 0 (PyTorch: NaN, pytorch#11551);
+* :func:`binary_cross_entropy_with_logits` at ``(+inf, y=1)`` and ``(-inf, y=0)``: loss 0,
+  gradient 0 (PyTorch: NaN, pytorch#49844);
+* :func:`kl_div` with target 0 on an input of ``-inf`` (or a ``log_target`` of ``-inf``):
+  0 (PyTorch: NaN).
+
+Everywhere else the numbers are PyTorch's, NaN included (an all ``-inf`` row, a ``+inf``
+logit, a NaN logit).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+
+from . import _semantics as sem
+from ._arrays import as_float_array, as_grad_output, compute_dtype, describe, first_position
+from ._kernel import RowTargets, fused_softmax_cross_entropy
+
+__all__ = [
+    "softmax",
+    "log_softmax",
+    "logsumexp",
+    "cross_entropy",
+    "cross_entropy_with_grad",
+    "nll_loss",
+    "nll_loss_with_grad",
+    "binary_cross_entropy",
+    "binary_cross_entropy_with_grad",
+    "binary_cross_entropy_with_logits",
+    "binary_cross_entropy_with_logits_with_grad",
+    "kl_div",
+    "kl_div_with_grad",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# softmax, log_softmax, logsumexp
+# --------------------------------------------------------------------------------------------
+
+
+def _check_axis(x: np.ndarray, axis: Any) -> int:
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+        raise TypeError(f"axis must be an int, got {type(axis).__name__} {axis!r}")
+    if x.ndim == 0 or not -x.ndim <= axis < x.ndim:
+        raise ValueError(f"axis {axis} is out of range for an array of shape {x.shape}")
+    return int(axis)
+
+
+def logsumexp(x: Any, axis: int = -1, keepdims: bool = False) -> np.ndarray:
+    r"""``log(sum(exp(x), axis))``, stable for huge and infinite entries.
+
+    .. math:: \operatorname{lse}(x) = m + \log \sum_i e^{x_i - m}, \quad m = \max_i x_i
+
+    All ``-inf`` gives ``-inf``; any ``+inf`` gives ``inf``; NaN gives NaN (as ``torch``).
+
+    >>> float(logsumexp([1.0, 2.0, 3.0]))
+    3.40760596444438
+    """
+    x = as_float_array(x, "x")
+    axis = _check_axis(x, axis)
+    cd = compute_dtype(x.dtype)
+    xc = x.astype(cd, copy=False)
+    m = np.max(xc, axis=axis, keepdims=True)
+    # an infinite max would make x - m NaN; shifting by 0 there gives the right +-inf
+    m = np.where(np.isfinite(m), m, 0.0).astype(cd)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        out = np.log(np.sum(np.exp(xc - m), axis=axis, keepdims=True)) + m
+    if not keepdims:
+        out = np.squeeze(out, axis=axis)
+    return out.astype(x.dtype, copy=False)
+
+
+def log_softmax(x: Any, axis: int = -1) -> np.ndarray:
+    r"""``x - logsumexp(x)`` along ``axis``: log-probabilities of a logits vector.
+
+    .. math:: \log \operatorname{softmax}(x)_i = x_i - m - \log \sum_j e^{x_j - m}
+
+    >>> np.round(log_softmax([2.0, 4.0, 0.5]), 6)
+    array([-2.153178, -0.153178, -3.653178])
+    """
+    x = as_float_array(x, "x")
+    axis = _check_axis(x, axis)
+    xc = x.astype(compute_dtype(x.dtype), copy=False)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        shifted = xc - np.max(xc, axis=axis, keepdims=True)
+        out = shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+    return out.astype(x.dtype, copy=False)
+
+
+def softmax(x: Any, axis: int = -1) -> np.ndarray:
+    r"""``exp(x) / sum(exp(x))`` along ``axis``, computed after subtracting the max.
+
+    A row with ``+inf`` or only ``-inf`` is NaN, as in PyTorch.
+
+    >>> np.round(softmax([-9.0, 5.0, 10.0]), 6)
+    array([0.      , 0.006693, 0.993307])
+    """
+    x = as_float_array(x, "x")
+    axis = _check_axis(x, axis)
+    xc = x.astype(compute_dtype(x.dtype), copy=False)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        e = np.exp(xc - np.max(xc, axis=axis, keepdims=True))
+        out = e / np.sum(e, axis=axis, keepdims=True)
+    return out.astype(x.dtype, copy=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Softmax cross-entropy (class indices or probabilities)
+# --------------------------------------------------------------------------------------------
+
+
+def _class_indices(target: np.ndarray, name: str = "target") -> np.ndarray:
+    if target.dtype.kind not in "iu":
+        kind = "floating-point" if target.dtype.kind == "f" else str(target.dtype)
+        raise TypeError(
+            f"{name} must hold integer class indices for this input (its shape differs from "
+            f"the input's, so it is not a probability target), got a {kind} array "
+            f"({describe(target)})"
+        )
+    return target
+
+
+def _check_index_range(y: np.ndarray, num_classes: int, ignore_index: int,
+                       target_shape: tuple[int, ...]) -> None:
+    bad = ((y < 0) | (y >= num_classes)) & (y != ignore_index)
+    if bad.any():
+        pos = first_position(bad.reshape(target_shape))
+        value = y.reshape(target_shape)[pos]
+        raise IndexError(sem.out_of_range_message(value, pos, num_classes, ignore_index))
+
+
+def _rows_last(x: np.ndarray, layout: sem.ClassLayout) -> np.ndarray:
+    """The input as ``(rows, C)`` with classes last (a view unless ``(N, C, d1..dK)``)."""
+    if layout.spatial:
+        return np.moveaxis(x, 1, -1).reshape(-1, layout.num_classes)
+    return x.reshape(-1, layout.num_classes)
+
+
+def _rows_back(g: np.ndarray, layout: sem.ClassLayout) -> np.ndarray:
+    """Inverse of :func:`_rows_last` for the gradient (C-contiguous, the input's shape)."""
+    if layout.spatial:
+        n, *rest = layout.batch_shape
+        moved = g.reshape(n, *rest, layout.num_classes)
+        return np.ascontiguousarray(np.moveaxis(moved, -1, 1))
+    return g.reshape(layout.input_shape)
+
+
+def softmax_cross_entropy_rows(
+    x: np.ndarray,  # (M, C) logits, classes last
+    target: np.ndarray,  # (M,) class indices or (M, C) probabilities
+    *,
+    probability: bool,
+    weight: np.ndarray | None,  # (C,) in the compute dtype
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    cd: np.dtype,
+    grad_output: np.ndarray | None,  # scalar, or (M,) for 'none'; None: no gradient
+    grad_out: np.ndarray | None = None,  # (M, C) buffer for the gradient (may alias x)
+    bfloat16: bool = False,
+    target_shape: tuple[int, ...] | None = None,  # for error positions
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The executor core: reduced loss (or per-row losses) and the gradient, in one pass.
+
+    Arguments are already validated and laid out as rows; the torch executor calls this
+    with NumPy views of its tensors.  Returns ``(loss in cd, grad_out)``.
+    """
+    rows, num_classes = x.shape
+    if probability:
+        denominator = sem.mean_denominator_probability(rows)
+        targets = RowTargets(
+            probability=target,
+            prob_scale=weight,
+            label_smoothing=label_smoothing,
+            z_weight=z_loss,
+        )
+    else:
+        y = target.astype(np.int64, copy=False)
+        _check_index_range(y, num_classes, ignore_index, target_shape or (rows,))
+        valid, w_y = sem.index_row_weights(y, ignore_index, weight)
+        w_y = w_y.astype(cd)
+        denominator = sem.mean_denominator_index(w_y)
+        weight_sum = num_classes if weight is None else weight.sum()
+        coef_sum = sem.index_coefficient_sum(w_y, valid, label_smoothing, num_classes,
+                                             weight_sum).astype(cd, copy=False)
+        on_target, uniform = sem.smoothing_terms(label_smoothing, num_classes)
+        all_valid = bool(valid.all())
+        targets = RowTargets(
+            index=np.where(valid, y, 0) if not all_valid else y,
+            on_target=(w_y * on_target).astype(cd, copy=False),
+            uniform=(weight * uniform).astype(cd) if weight is not None else uniform,
+            valid=None if all_valid else valid,
+            label_smoothing=label_smoothing,
+            coef_sum=coef_sum,
+            z_weight=w_y * z_loss if z_loss else 0.0,
+        )
+    if grad_output is None:
+        scale: np.ndarray | float = 0.0
+    elif reduction == "mean":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale = np.asarray(grad_output, dtype=cd) / np.asarray(denominator, dtype=cd)
+    else:
+        scale = np.asarray(grad_output, dtype=cd)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        per_row = fused_softmax_cross_entropy(
+            x, targets, scale, cd, softcap=softcap,
+            grad_out=grad_out if grad_output is not None else None, bfloat16=bfloat16,
+        )
+        loss = sem.reduce_loss(per_row, reduction, np.asarray(denominator, dtype=cd))
+    return loss, grad_out
+
+
+def _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing, z_loss,
+                   softcap, grad_output, want_grad):
+    x = as_float_array(input, "input", "a floating-point array of logits")
+    layout = sem.class_layout(x.shape)
+    target = np.asarray(target)
+    reduction = sem.check_reduction(reduction)
+    label_smoothing = sem.check_label_smoothing(label_smoothing)
+    ignore_index = sem.check_ignore_index(ignore_index)
+    z_loss = sem.check_z_loss(z_loss)
+    softcap = sem.check_softcap(softcap)
+    probability = sem.is_probability_target(x.shape, target.shape)
+    if probability:
+        if target.dtype.kind != "f":
+            raise TypeError(
+                "target has the input's shape, so it must hold class probabilities as floats, "
+                f"got {describe(target)}; class indices have shape {layout.batch_shape}"
+            )
+        target = as_float_array(target, "target", "an array of class probabilities")
+        sem.check_probability_ignore_index(ignore_index)
+        cd = compute_dtype(x.dtype, target.dtype)
+        loss_dtype = np.result_type(x.dtype, target.dtype)
+    else:
+        _class_indices(target)
+        sem.check_index_target_shape(layout, target.shape)
+        cd = compute_dtype(x.dtype)
+        loss_dtype = x.dtype
+    w = None
+    if weight is not None:
+        w = as_float_array(weight, "weight", "a floating-point array of class weights")
+        sem.check_class_weight(w.shape, layout.num_classes)
+        w = w.astype(cd)
+
+    rows_x = _rows_last(x, layout)
+    rows_target = _rows_last(target, layout) if probability else target.reshape(-1)
+    loss_shape = layout.batch_shape if reduction == "none" else ()
+    go = None
+    if want_grad:
+        go = as_grad_output(grad_output, loss_shape, cd)
+        go = go.reshape(-1) if reduction == "none" else go[()]
+    grad = np.empty(rows_x.shape, dtype=x.dtype) if want_grad else None
+    loss, grad = softmax_cross_entropy_rows(
+        rows_x, rows_target, probability=probability, weight=w, ignore_index=ignore_index,
+        reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+        cd=cd, grad_output=go, grad_out=grad, target_shape=target.shape,
+    )
+    loss = _as_loss(loss, layout.batch_shape, loss_dtype)
+    if not want_grad:
+        return loss, None
+    return loss, _rows_back(grad, layout)
+
+
+def _as_loss(loss: np.ndarray, batch_shape: tuple[int, ...], dtype: np.dtype) -> Any:
+    """Per-element losses get the target's shape; reduced ones become NumPy scalars."""
+    loss = np.asarray(loss)
+    if loss.ndim:
+        return loss.reshape(batch_shape).astype(dtype, copy=False)
+    return loss.astype(dtype)[()]
+
+
+def cross_entropy(
+    input: Any,
+    target: Any,
+    weight: Any = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    *,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+) -> Any:
+    r"""Softmax cross-entropy between logits and class indices or class probabilities.
+
+    Same as ``torch.nn.functional.cross_entropy`` (``z_loss`` and ``softcap`` are extras).
+
+    .. math:: \ell_n = -\sum_c a_{n,c} \log \operatorname{softmax}(x_n)_c
+
+    with ``a = (1-eps) w[y] onehot(y) + (eps/C) w`` for a class index ``y`` (0 if ``y`` is
+    ``ignore_index``) and ``a = w ((1-eps) t + eps/C)`` for class probabilities ``t``.
+
+    Args:
+        input: logits ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dK)``, floating point.
+        target: class indices of shape ``()``, ``(N,)`` or ``(N, d1, ..., dK)`` (any integer
+            dtype), or class probabilities of the input's shape (floating point).
+        weight: ``(C,)`` class weights.
+        ignore_index: a class index whose elements add nothing to the loss and to the
+            ``'mean'`` denominator (index targets only).
+        reduction: ``'none'`` (the target's shape), ``'sum'``, or ``'mean'``: the sum divided
+            by the total weight ``sum_n w[y_n]`` of non-ignored elements for index targets, by
+            the number of elements ``N*d1*...*dK`` for probability targets.
+        label_smoothing: ``eps`` in [0, 1]: the target mixes with the uniform distribution.
+        z_loss: adds ``z_loss * w[y_n] * logsumexp(x_n)**2`` per element (PaLM).
+        softcap: logits pass through ``softcap * tanh(x / softcap)`` first (Gemma 2).
+
+    Returns:
+        A NumPy scalar for ``'mean'``/``'sum'``, else an array of the target's shape.
+
+    >>> float(cross_entropy([[2.0, 4.0, 0.5]], [0]))  # doctest: +ELLIPSIS
+    2.15317820...
+    """
+    return _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing,
+                          z_loss, softcap, None, want_grad=False)[0]
+
+
+def cross_entropy_with_grad(
+    input: Any,
+    target: Any,
+    weight: Any = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    *,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    grad_output: Any = None,
+) -> tuple[Any, np.ndarray]:
+    r""":func:`cross_entropy` and its gradient with respect to ``input``, in one pass.
+
+    .. math:: \frac{\partial \ell_n}{\partial x_n} = A_n \operatorname{softmax}(x_n) - a_n,
+        \quad A_n = \textstyle\sum_c a_{n,c}
+
+    (times ``grad_output``, divided by the ``'mean'`` denominator).  For a plain class index
+    this is the familiar ``softmax - onehot``.
+
+    >>> loss, grad = cross_entropy_with_grad([[2.0, 4.0, 0.5]], [0])
+    >>> np.round(grad, 6)
+    array([[-0.883885,  0.857977,  0.025909]])
+    """
+    return _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing,
+                          z_loss, softcap, grad_output, want_grad=True)
+
+
+# --------------------------------------------------------------------------------------------
+# NLL loss (log-probabilities in, class indices as targets)
+# --------------------------------------------------------------------------------------------
+
+
+def _nll_loss(input, target, weight, ignore_index, reduction, grad_output, want_grad):
+    x = as_float_array(input, "input", "a floating-point array of log-probabilities")
+    layout = sem.class_layout(x.shape)
+    target = _class_indices(np.asarray(target))
+    sem.check_index_target_shape(layout, target.shape)
+    reduction = sem.check_reduction(reduction)
+    ignore_index = sem.check_ignore_index(ignore_index)
+    cd = compute_dtype(x.dtype)
+    w = None
+    if weight is not None:
+        w = as_float_array(weight, "weight", "a floating-point array of class weights")
+        sem.check_class_weight(w.shape, layout.num_classes)
+        w = w.astype(cd)
+    rows = _rows_last(x, layout)
+    y = target.reshape(-1).astype(np.int64, copy=False)
+    _check_index_range(y, layout.num_classes, ignore_index, target.shape)
+    valid, w_y = sem.index_row_weights(y, ignore_index, w)
+    w_y = w_y.astype(cd)
+    safe_y = np.where(valid, y, 0)
+    picked = rows[np.arange(rows.shape[0]), safe_y].astype(cd)
+    # l_n = -w[y_n] x[n, y_n]; ignored elements are 0 even if their input is not finite
+    per_row = np.where(valid, -w_y * picked, 0.0).astype(cd)
+    denominator = sem.mean_denominator_index(w_y)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        loss = _as_loss(sem.reduce_loss(per_row, reduction, denominator),
+                        layout.batch_shape, x.dtype)
+    if not want_grad:
+        return loss, None
+    loss_shape = layout.batch_shape if reduction == "none" else ()
+    go = as_grad_output(grad_output, loss_shape, cd)
+    go = go.reshape(-1) if reduction == "none" else go[()]
+    # d l_n / d x[n, c] = -w[y_n] [c == y_n]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = go / denominator if reduction == "mean" else go
+        grad_rows = np.zeros(rows.shape, dtype=cd)
+        grad_rows[np.arange(rows.shape[0]), safe_y] = np.where(valid, -w_y * scale, 0.0)
+    return loss, _rows_back(grad_rows.astype(x.dtype, copy=False), layout)
+
+
+def nll_loss(input: Any, target: Any, weight: Any = None, ignore_index: int = -100,
+             reduction: str = "mean") -> Any:
+    r"""Negative log-likelihood of class indices under log-probabilities ``input``.
+
+    Same as ``torch.nn.functional.nll_loss``: ``l_n = -w[y_n] input[n, y_n]`` (0 when
+    ``y_n == ignore_index``); ``'mean'`` divides by ``sum_n w[y_n]`` over non-ignored elements.
+    The input is not checked to be log-probabilities (nor is it in PyTorch).
+
+    >>> float(nll_loss(np.log([[0.6, 0.2, 0.2]]), [2]))  # doctest: +ELLIPSIS
+    1.6094379...
+    """
+    return _nll_loss(input, target, weight, ignore_index, reduction, None, False)[0]
+
+
+def nll_loss_with_grad(input: Any, target: Any, weight: Any = None, ignore_index: int = -100,
+                       reduction: str = "mean", *, grad_output: Any = None
+                       ) -> tuple[Any, np.ndarray]:
+    """:func:`nll_loss` and its gradient ``-w[y] onehot(y)`` (scaled) with respect to input."""
+    return _nll_loss(input, target, weight, ignore_index, reduction, grad_output, True)
+
+
+# --------------------------------------------------------------------------------------------
+# Elementwise losses: binary cross-entropy and KL divergence
+# --------------------------------------------------------------------------------------------
+
+
+def _same_shape(x: np.ndarray, target: np.ndarray) -> None:
+    if x.shape != target.shape:
+        raise ValueError(
+            f"target must have the input's shape {x.shape}, got shape {target.shape}"
+        )
+
+
+def _broadcast_weight(weight: Any, shape: tuple[int, ...], name: str, cd: np.dtype):
+    if weight is None:
+        return None
+    w = as_float_array(weight, name, f"a floating-point array that broadcasts to {shape}")
+    try:
+        return np.broadcast_to(w.astype(cd), shape)
+    except ValueError:
+        raise ValueError(
+            f"{name} must broadcast to the input's shape {shape}, got shape {w.shape}"
+        ) from None
+
+
+def _reduce_elementwise(per_elem, reduction, denominator, grad, go, want_grad, dtype,
+                        out_dtype):
+    """Reduce an elementwise loss; scale its elementwise gradient ``grad`` by ``go``."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        loss = sem.reduce_loss(per_elem, reduction, denominator)
+        loss = np.asarray(loss).astype(out_dtype)
+        loss = loss if loss.ndim else loss[()]
+        if not want_grad:
+            return loss, None
+        go = as_grad_output(go, per_elem.shape if reduction == "none" else (), dtype)
+        scale = go / denominator if denominator is not None and reduction != "none" else go
+        return loss, (grad * scale).astype(out_dtype, copy=False)
+
+
+def _binary_cross_entropy(input, target, weight, reduction, grad_output, want_grad):
+    x = as_float_array(input, "input", "a floating-point array of probabilities")
+    t = as_float_array(target, "target", "a floating-point array of probabilities")
+    _same_shape(x, t)
+    reduction = sem.check_reduction(reduction)
+    outside = ~((x >= 0) & (x <= 1))  # also catches NaN
+    if outside.any():
+        pos = first_position(outside)
+        raise ValueError(
+            f"input must hold probabilities in [0, 1], got input{list(pos)} = {x[pos]!r}"
+        )
+    outside = ~((t >= 0) & (t <= 1))
+    if outside.any():
+        pos = first_position(outside)
+        raise ValueError(
+            f"target must hold probabilities in [0, 1], got target{list(pos)} = {t[pos]!r}"
+        )
+    cd = compute_dtype(x.dtype, t.dtype)
+    xc, tc = x.astype(cd), t.astype(cd)
+    w = _broadcast_weight(weight, x.shape, "weight", cd)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # PyTorch clamps each log at -100, so an exact 0 or 1 costs at most 100 per element
+        log_p = np.maximum(np.log(xc), -100.0)
+        log_q = np.maximum(np.log1p(-xc), -100.0)
+        per_elem = -(tc * log_p + (1 - tc) * log_q)
+        # d/dx = (x - y) / max(x (1 - x), 1e-12), PyTorch's clamp of the denominator
+        grad = (xc - tc) / np.maximum(xc * (1 - xc), 1e-12) if want_grad else None
+    if w is not None:
+        per_elem = per_elem * w
+        grad = grad * w if want_grad else None
+    out = np.result_type(x.dtype, t.dtype)
+    return _reduce_elementwise(per_elem, reduction, x.size if reduction == "mean" else None,
+                               grad, grad_output, want_grad, cd, out)
+
+
+def binary_cross_entropy(input: Any, target: Any, weight: Any = None,
+                         reduction: str = "mean") -> Any:
+    r"""Binary cross-entropy between probabilities ``input`` and targets in [0, 1].
+
+    Same as ``torch.nn.functional.binary_cross_entropy``:
+
+    .. math:: \ell = -w\,[\,y \max(\log x, -100) + (1-y) \max(\log(1-x), -100)\,]
+
+    ``weight`` broadcasts to the input; ``'mean'`` averages over all elements.
+
+    >>> round(float(binary_cross_entropy([0.9, 0.2], [1.0, 0.0])), 6)
+    0.164252
+    """
+    return _binary_cross_entropy(input, target, weight, reduction, None, False)[0]
+
+
+def binary_cross_entropy_with_grad(input: Any, target: Any, weight: Any = None,
+                                   reduction: str = "mean", *, grad_output: Any = None
+                                   ) -> tuple[Any, np.ndarray]:
+    """:func:`binary_cross_entropy` and its gradient ``w (x - y) / max(x (1 - x), 1e-12)``."""
+    return _binary_cross_entropy(input, target, weight, reduction, grad_output, True)
+
+
+def _softplus(v: np.ndarray) -> np.ndarray:
+    """``log(1 + exp(v))`` without overflow."""
+    return np.maximum(v, 0) + np.log1p(np.exp(-np.abs(v)))
+
+
+def _sigmoid(v: np.ndarray) -> np.ndarray:
+    e = np.exp(-np.abs(v))
+    return np.where(v >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def _times(coef: np.ndarray, term: np.ndarray) -> np.ndarray:
+    """``coef * term`` with ``0 * inf = 0``: a weight of 0 on an impossible event adds 0."""
+    return np.where(coef == 0, 0.0, coef * term)
+
+
+def _binary_cross_entropy_with_logits(input, target, weight, reduction, pos_weight,
+                                      grad_output, want_grad):
+    x = as_float_array(input, "input", "a floating-point array of logits")
+    t = as_float_array(target, "target", "a floating-point array of targets")
+    _same_shape(x, t)
+    reduction = sem.check_reduction(reduction)
+    cd = compute_dtype(x.dtype, t.dtype)
+    xc, tc = x.astype(cd), t.astype(cd)
+    w = _broadcast_weight(weight, x.shape, "weight", cd)
+    pw = _broadcast_weight(pos_weight, x.shape, "pos_weight", cd)
+    pos = tc if pw is None else pw * tc
+    with np.errstate(over="ignore", invalid="ignore"):
+        # l = (1-y) softplus(x) + pw y softplus(-x): equal to PyTorch's
+        # (1-y) x - (1 + (pw-1) y) logsigmoid(x), without its 0 * inf at infinite logits
+        per_elem = _times(1 - tc, _softplus(xc)) + _times(pos, _softplus(-xc))
+        # d/dx = (1-y) sigmoid(x) - pw y sigmoid(-x)
+        grad = (1 - tc) * _sigmoid(xc) - pos * _sigmoid(-xc) if want_grad else None
+    if w is not None:
+        per_elem = per_elem * w
+        grad = grad * w if want_grad else None
+    out = np.result_type(x.dtype, t.dtype)
+    return _reduce_elementwise(per_elem, reduction, x.size if reduction == "mean" else None,
+                               grad, grad_output, want_grad, cd, out)
+
+
+def binary_cross_entropy_with_logits(input: Any, target: Any, weight: Any = None,
+                                     reduction: str = "mean", pos_weight: Any = None) -> Any:
+    r"""Binary cross-entropy on logits, in the stable form (no ``exp`` overflow).
+
+    Same as ``torch.nn.functional.binary_cross_entropy_with_logits``:
+
+    .. math:: \ell = w\,[(1-y)\,\operatorname{softplus}(x) + p\,y\,\operatorname{softplus}(-x)]
+
+    with ``p = pos_weight`` (broadcast against the last axis).  Infinite logits on the right
+    side, ``(+inf, y=1)`` and ``(-inf, y=0)``, give 0 where PyTorch gives NaN.
+
+    >>> round(float(binary_cross_entropy_with_logits([2.0], [1.0])), 6)
+    0.126928
+    """
+    return _binary_cross_entropy_with_logits(input, target, weight, reduction, pos_weight,
+                                             None, False)[0]
+
+
+def binary_cross_entropy_with_logits_with_grad(
+    input: Any, target: Any, weight: Any = None, reduction: str = "mean",
+    pos_weight: Any = None, *, grad_output: Any = None,
+) -> tuple[Any, np.ndarray]:
+    """:func:`binary_cross_entropy_with_logits` and its gradient
+    ``w [(1-y) sigmoid(x) - p y sigmoid(-x)]``."""
+    return _binary_cross_entropy_with_logits(input, target, weight, reduction, pos_weight,
+                                             grad_output, True)
+
+
+def _kl_div(input, target, reduction, log_target, grad_output, want_grad):
+    x = as_float_array(input, "input", "a floating-point array of log-probabilities")
+    t = as_float_array(target, "target", "a floating-point array of probabilities")
+    _same_shape(x, t)
+    reduction = sem.check_reduction(reduction, sem.KL_REDUCTIONS)
+    if not isinstance(log_target, (bool, np.bool_)):
+        raise TypeError(f"log_target must be a bool, got {describe(log_target)}")
+    if reduction == "mean":
+        warnings.warn(
+            "kl_div(reduction='mean') divides the sum by the number of elements, which is not "
+            "the KL divergence; reduction='batchmean' divides by the batch size (as in "
+            "PyTorch, where 'mean' is slated to become 'batchmean')",
+            UserWarning,
+            stacklevel=3,
+        )
+    cd = compute_dtype(x.dtype, t.dtype)
+    xc, tc = x.astype(cd), t.astype(cd)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if log_target:
+            # exp(t) (t - x); a target log-probability of -inf adds 0 (PyTorch: NaN)
+            prob = np.exp(tc)
+            per_elem = _times(prob, tc - xc)
+        else:
+            # xlogy(t, t) - t x; t = 0 adds 0 even where x = -inf (PyTorch: NaN); t < 0 is NaN
+            prob = tc
+            t_log_t = np.where(tc == 0, 0.0, tc * np.log(tc))
+            per_elem = t_log_t - _times(tc, xc)
+        grad = -prob if want_grad else None
+    denominator = sem.kl_div_denominator(x.shape, reduction)
+    reduce_as = "mean" if denominator is not None else reduction
+    out = np.result_type(x.dtype, t.dtype)
+    return _reduce_elementwise(per_elem, reduce_as, denominator, grad, grad_output, want_grad,
+                               cd, out)
+
+
+def kl_div(input: Any, target: Any, reduction: str = "mean", log_target: bool = False) -> Any:
+    r"""Kullback-Leibler divergence ``KL(target || exp(input))``, pointwise then reduced.
+
+    Same as ``torch.nn.functional.kl_div``: ``input`` holds log-probabilities ``log q``;
+
+    .. math:: \ell = t (\log t - \log q) \quad\text{or, with log\_target,}\quad
+        e^{t} (t - \log q)
+
+    ``'batchmean'`` divides the sum by ``input.shape[0]`` (the KL divergence per sample),
+    ``'mean'`` by the element count (with a warning, as in PyTorch).
+
+    >>> p = log_softmax(np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 1.0]]))
+    >>> round(float(kl_div(p, [[0.2, 0.3, 0.5], [0.5, 0.5, 0.0]], reduction="batchmean")), 6)
+    0.468125
+    """
+    return _kl_div(input, target, reduction, log_target, None, False)[0]
+
+
+def kl_div_with_grad(input: Any, target: Any, reduction: str = "mean", log_target: bool = False,
+                     *, grad_output: Any = None) -> tuple[Any, np.ndarray]:
+    """:func:`kl_div` and its gradient ``-t`` (or ``-exp(t)``) with respect to input."""
+    return _kl_div(input, target, reduction, log_target, grad_output, True)
