@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import _semantics as sem
+
 # A block holds about this many logits: 2**16 float32 values (256 KiB) sit well inside the
 # L2 cache of any recent CPU together with the gradient block and scratch.  Measured at
 # 4096 x 32000 on a 2-core EPYC: 2**15..2**18 are within 5% of each other.
@@ -296,3 +298,39 @@ def _exact_dot(dot, bad, shifted, start, targets: RowTargets, coef) -> None:
             a_row[targets.index[start + r]] += targets.on_target[start + r]
         used = a_row != 0
         dot[r] = np.dot(a_row[used], s_row[used])
+
+
+def build_row_targets(
+    target: np.ndarray,  # (M,) int64 class indices, range-checked; or (M, C) probabilities
+    *,
+    probability: bool,
+    weight: np.ndarray | None,  # (C,) in compute_dtype
+    ignore_index: int,
+    label_smoothing: float,
+    z_loss: float,
+    num_classes: int,
+    compute_dtype: np.dtype,
+) -> tuple[RowTargets, np.ndarray | None]:
+    """The per-row coefficients of :func:`fused_softmax_cross_entropy`, from the semantics
+    rules.  Returns ``(targets, w_y)``; ``w_y`` (index targets only) is each row's target
+    weight, 0 for ignored rows, whose sum is the ``'mean'`` denominator."""
+    cd = np.dtype(compute_dtype)
+    if probability:
+        return RowTargets(probability=target, prob_scale=weight,
+                          label_smoothing=label_smoothing, z_weight=z_loss), None
+    valid, w_y = sem.index_row_weights(target, ignore_index, weight)
+    w_y = w_y.astype(cd)
+    weight_sum = num_classes if weight is None else weight.sum()
+    coef_sum = sem.index_coefficient_sum(w_y, valid, label_smoothing, num_classes, weight_sum)
+    on_target, uniform = sem.smoothing_terms(label_smoothing, num_classes)
+    all_valid = bool(valid.all())
+    targets = RowTargets(
+        index=target if all_valid else np.where(valid, target, 0),
+        on_target=(w_y * on_target).astype(cd, copy=False),
+        uniform=(weight * uniform).astype(cd) if weight is not None else uniform,
+        valid=None if all_valid else valid,
+        label_smoothing=label_smoothing,
+        coef_sum=np.asarray(coef_sum, dtype=cd),
+        z_weight=w_y * z_loss if z_loss else 0.0,
+    )
+    return targets, w_y

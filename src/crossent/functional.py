@@ -32,7 +32,7 @@ import numpy as np
 
 from . import _semantics as sem
 from ._arrays import as_float_array, as_grad_output, compute_dtype, describe, first_position
-from ._kernel import RowTargets, fused_softmax_cross_entropy
+from ._kernel import build_row_targets, fused_softmax_cross_entropy
 
 __all__ = [
     "softmax",
@@ -186,34 +186,16 @@ def softmax_cross_entropy_rows(
     with NumPy views of its tensors.  Returns ``(loss in cd, grad_out)``.
     """
     rows, num_classes = x.shape
-    if probability:
-        denominator = sem.mean_denominator_probability(rows)
-        targets = RowTargets(
-            probability=target,
-            prob_scale=weight,
-            label_smoothing=label_smoothing,
-            z_weight=z_loss,
-        )
-    else:
-        y = target.astype(np.int64, copy=False)
-        _check_index_range(y, num_classes, ignore_index, target_shape or (rows,))
-        valid, w_y = sem.index_row_weights(y, ignore_index, weight)
-        w_y = w_y.astype(cd)
-        denominator = sem.mean_denominator_index(w_y)
-        weight_sum = num_classes if weight is None else weight.sum()
-        coef_sum = sem.index_coefficient_sum(w_y, valid, label_smoothing, num_classes,
-                                             weight_sum).astype(cd, copy=False)
-        on_target, uniform = sem.smoothing_terms(label_smoothing, num_classes)
-        all_valid = bool(valid.all())
-        targets = RowTargets(
-            index=np.where(valid, y, 0) if not all_valid else y,
-            on_target=(w_y * on_target).astype(cd, copy=False),
-            uniform=(weight * uniform).astype(cd) if weight is not None else uniform,
-            valid=None if all_valid else valid,
-            label_smoothing=label_smoothing,
-            coef_sum=coef_sum,
-            z_weight=w_y * z_loss if z_loss else 0.0,
-        )
+    if not probability:
+        target = target.astype(np.int64, copy=False)
+        _check_index_range(target, num_classes, ignore_index, target_shape or (rows,))
+    targets, w_y = build_row_targets(
+        target, probability=probability, weight=weight, ignore_index=ignore_index,
+        label_smoothing=label_smoothing, z_loss=z_loss, num_classes=num_classes,
+        compute_dtype=cd,
+    )
+    denominator = (sem.mean_denominator_probability(rows) if probability
+                   else sem.mean_denominator_index(w_y))
     if grad_output is None:
         scale: np.ndarray | float = 0.0
     elif reduction == "mean":
