@@ -166,10 +166,11 @@ def fused_softmax_cross_entropy(
         x_buf = np.empty(full, cd) if (widen or softcap is not None) else None
         g_buf = np.empty(full, cd) if (narrow or grad_out is None) else None
         c_buf = np.empty(full, cd) if targets.probability is not None else None
-        for s in range(start, stop, block_rows):
-            e = min(s + block_rows, stop)
-            b = e - s
-            _block(s, e, b, x_buf, g_buf, c_buf)
+        # errstate is per thread: non-finite logits legitimately produce inf/nan here
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            for s in range(start, stop, block_rows):
+                e = min(s + block_rows, stop)
+                _block(s, e, e - s, x_buf, g_buf, c_buf)
 
     def _block(s, e, b, x_buf, g_buf, c_buf) -> None:
         raw = logits[s:e]
