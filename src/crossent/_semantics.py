@@ -38,6 +38,28 @@ KL_REDUCTIONS = ("none", "batchmean", "mean", "sum")
 
 
 # --------------------------------------------------------------------------------------------
+# Exceptions: the natural Python type, and also the type PyTorch raises for the same mistake,
+# so NumPy users catch ValueError/TypeError and drop-in torch code keeps catching RuntimeError.
+# --------------------------------------------------------------------------------------------
+
+
+class ArgumentError(ValueError, RuntimeError):
+    """A bad argument value or shape (PyTorch raises RuntimeError for these)."""
+
+
+class ArgumentTypeError(TypeError, RuntimeError):
+    """An argument of the wrong dtype (PyTorch raises RuntimeError for these)."""
+
+
+class LogitsTypeError(TypeError, NotImplementedError):
+    """Non-floating logits (PyTorch raises NotImplementedError: no kernel for 'Long')."""
+
+
+class EmptyClassesError(ValueError, IndexError):
+    """An input with zero classes (PyTorch raises IndexError: 'Target 0 is out of bounds')."""
+
+
+# --------------------------------------------------------------------------------------------
 # Scalar arguments
 # --------------------------------------------------------------------------------------------
 
@@ -64,7 +86,7 @@ def check_label_smoothing(label_smoothing: Any) -> float:
         )
     value = float(label_smoothing)
     if not 0.0 <= value <= 1.0:  # also refuses NaN
-        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
+        raise ArgumentError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
     return value
 
 
@@ -137,13 +159,13 @@ def class_layout(input_shape: tuple[int, ...], name: str = "input") -> ClassLayo
     """Resolve PyTorch's class axis: dim 1, or dim 0 for an unbatched ``(C,)`` input."""
     input_shape = tuple(int(s) for s in input_shape)
     if len(input_shape) == 0:
-        raise ValueError(
+        raise ArgumentError(
             f"{name} must have shape (C,), (N, C) or (N, C, d1, ..., dK), got a 0-d array"
         )
     class_axis = 0 if len(input_shape) == 1 else 1
     num_classes = input_shape[class_axis]
     if num_classes == 0:
-        raise ValueError(
+        raise EmptyClassesError(
             f"{name} has an empty class dimension (axis {class_axis} of shape "
             f"{_shape_str(input_shape)}); cross-entropy needs at least one class"
         )
@@ -169,7 +191,7 @@ def check_index_target_shape(layout: ClassLayout, target_shape: tuple[int, ...])
             f"input batch size {layout.batch_shape[0]}: class-index target must have shape "
             f"{expected} for input of shape {_shape_str(layout.input_shape)}, got {got}"
         )
-    raise ValueError(
+    raise ArgumentError(
         f"target must have shape {expected} (class indices) or {_shape_str(layout.input_shape)} "
         f"(class probabilities) for input of shape {_shape_str(layout.input_shape)}, got {got}"
     )
@@ -180,7 +202,7 @@ def check_class_weight(weight_shape: tuple[int, ...] | None, num_classes: int) -
     if weight_shape is None:
         return
     if tuple(weight_shape) != (num_classes,):
-        raise ValueError(
+        raise ArgumentError(
             f"weight must have shape ({num_classes},), one weight per class, "
             f"got shape {_shape_str(tuple(weight_shape))}"
         )
@@ -189,7 +211,7 @@ def check_class_weight(weight_shape: tuple[int, ...] | None, num_classes: int) -
 def check_probability_ignore_index(ignore_index: int) -> None:
     """PyTorch refuses a non-negative ``ignore_index`` with probability targets."""
     if ignore_index >= 0:
-        raise ValueError(
+        raise ArgumentError(
             "ignore_index is not supported for probability targets (a target of the input's "
             f"shape): expected a negative ignore_index (the default -100), got {ignore_index}"
         )

@@ -130,7 +130,7 @@ def softmax(x: Any, axis: int = -1) -> np.ndarray:
 def _class_indices(target: np.ndarray, name: str = "target") -> np.ndarray:
     if target.dtype.kind not in "iu":
         kind = "floating-point" if target.dtype.kind == "f" else str(target.dtype)
-        raise TypeError(
+        raise sem.ArgumentTypeError(
             f"{name} must hold integer class indices for this input (its shape differs from "
             f"the input's, so it is not a probability target), got a {kind} array "
             f"({describe(target)})"
@@ -225,7 +225,7 @@ def _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothi
     probability = sem.is_probability_target(x.shape, target.shape)
     if probability:
         if target.dtype.kind != "f":
-            raise TypeError(
+            raise sem.ArgumentTypeError(
                 "target has the input's shape, so it must hold class probabilities as floats, "
                 f"got {describe(target)}; class indices have shape {layout.batch_shape}"
             )
