@@ -179,11 +179,14 @@ def softmax_cross_entropy_rows(
     grad_out: np.ndarray | None = None,  # (M, C) buffer for the gradient (may alias x)
     bfloat16: bool = False,
     target_shape: tuple[int, ...] | None = None,  # for error positions
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """The executor core: reduced loss (or per-row losses) and the gradient, in one pass.
+) -> tuple[np.ndarray, Any]:
+    """The executor core: per-row losses and the gradient (into ``grad_out``), in one pass.
 
     Arguments are already validated and laid out as rows; the torch executor calls this
-    with NumPy views of its tensors.  Returns ``(loss in cd, grad_out)``.
+    with NumPy views of its tensors.  ``grad_output`` is the upstream gradient of the
+    *reduced* loss; the ``'mean'`` denominator is folded into the gradient here.  Returns
+    ``(per-row losses in cd, the 'mean' denominator)``; reduce with
+    :func:`crossent._semantics.reduce_loss`.
     """
     rows, num_classes = x.shape
     if not probability:
@@ -208,8 +211,7 @@ def softmax_cross_entropy_rows(
             x, targets, scale, cd, softcap=softcap,
             grad_out=grad_out if grad_output is not None else None, bfloat16=bfloat16,
         )
-        loss = sem.reduce_loss(per_row, reduction, np.asarray(denominator, dtype=cd))
-    return loss, grad_out
+    return per_row, np.asarray(denominator, dtype=cd)
 
 
 def _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing, z_loss,
@@ -252,12 +254,14 @@ def _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothi
         go = as_grad_output(grad_output, loss_shape, cd)
         go = go.reshape(-1) if reduction == "none" else go[()]
     grad = np.empty(rows_x.shape, dtype=x.dtype) if want_grad else None
-    loss, grad = softmax_cross_entropy_rows(
+    per_row, denominator = softmax_cross_entropy_rows(
         rows_x, rows_target, probability=probability, weight=w, ignore_index=ignore_index,
         reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
         cd=cd, grad_output=go, grad_out=grad, target_shape=target.shape,
     )
-    loss = _as_loss(loss, layout.batch_shape, loss_dtype)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        loss = _as_loss(sem.reduce_loss(per_row, reduction, denominator), layout.batch_shape,
+                        loss_dtype)
     if not want_grad:
         return loss, None
     return loss, _rows_back(grad, layout)
