@@ -234,6 +234,8 @@ def fused_softmax_cross_entropy(
             p_factor = coef_sum + 2.0 * zw * lse
         else:
             p_factor = coef_sum
+        if targets.valid is not None:
+            loss[~targets.valid[s:e]] = 0.0  # ignored rows cost 0 even with non-finite logits
         losses[s:e] = loss
         if grad_out is None:
             return
