@@ -36,6 +36,13 @@ from typing import Any
 REDUCTIONS = ("none", "mean", "sum")
 KL_REDUCTIONS = ("none", "batchmean", "mean", "sum")
 
+# Binary cross-entropy on probabilities clamps each log at -100 (so an exact 0 or 1 costs at
+# most 100 per element) and the gradient's denominator x (1 - x) at 1e-12.  PyTorch's 1e-12
+# is a float32 constant in every dtype: float(np.float32(1e-12)), which makes its float64
+# gradient at x = 0, y = 1 equal to -1000000003995.8029, not -1e12.
+BCE_LOG_CLAMP = -100.0
+BCE_GRAD_EPS = 9.999999960041972e-13
+
 
 # --------------------------------------------------------------------------------------------
 # Exceptions: the natural Python type, and also the type PyTorch raises for the same mistake,

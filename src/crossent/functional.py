@@ -15,7 +15,8 @@ mathematically right value:
   whose logit is ``-inf``: that class contributes 0 (PyTorch: NaN);
 * ignored elements whose logits are not finite: gradient 0 (PyTorch: NaN, pytorch#11551);
 * :func:`binary_cross_entropy_with_logits` at ``(+inf, y=1)`` and ``(-inf, y=0)``: loss 0,
-  gradient 0 (PyTorch: NaN, pytorch#49844);
+  gradient 0 (PyTorch: NaN, pytorch#49844); at ``(-inf, y>0)`` the loss is ``inf``, the
+  right value (PyTorch: NaN through its ``(1 - y) * x`` term, ``0 * -inf`` at ``y = 1``);
 * :func:`kl_div` with target 0 on an input of ``-inf`` (or a ``log_target`` of ``-inf``):
   0 (PyTorch: NaN).
 
@@ -270,9 +271,10 @@ def _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothi
 def _as_loss(loss: np.ndarray, batch_shape: tuple[int, ...], dtype: np.dtype) -> Any:
     """Per-element losses get the target's shape; reduced ones become NumPy scalars."""
     loss = np.asarray(loss)
-    if loss.ndim:
-        return loss.reshape(batch_shape).astype(dtype, copy=False)
-    return loss.astype(dtype)[()]
+    with np.errstate(over="ignore"):  # float16 overflows to inf, as in PyTorch
+        if loss.ndim:
+            return loss.reshape(batch_shape).astype(dtype, copy=False)
+        return loss.astype(dtype)[()]
 
 
 def cross_entropy(
@@ -439,7 +441,7 @@ def _broadcast_weight(weight: Any, shape: tuple[int, ...], name: str, cd: np.dty
 def _reduce_elementwise(per_elem, reduction, denominator, grad, go, want_grad, dtype,
                         out_dtype):
     """Reduce an elementwise loss; scale its elementwise gradient ``grad`` by ``go``."""
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         loss = sem.reduce_loss(per_elem, reduction, denominator)
         loss = np.asarray(loss).astype(out_dtype)
         loss = loss if loss.ndim else loss[()]
@@ -472,11 +474,11 @@ def _binary_cross_entropy(input, target, weight, reduction, grad_output, want_gr
     w = _broadcast_weight(weight, x.shape, "weight", cd)
     with np.errstate(divide="ignore", invalid="ignore"):
         # PyTorch clamps each log at -100, so an exact 0 or 1 costs at most 100 per element
-        log_p = np.maximum(np.log(xc), -100.0)
-        log_q = np.maximum(np.log1p(-xc), -100.0)
+        log_p = np.maximum(np.log(xc), sem.BCE_LOG_CLAMP)
+        log_q = np.maximum(np.log1p(-xc), sem.BCE_LOG_CLAMP)
         per_elem = -(tc * log_p + (1 - tc) * log_q)
         # d/dx = (x - y) / max(x (1 - x), 1e-12), PyTorch's clamp of the denominator
-        grad = (xc - tc) / np.maximum(xc * (1 - xc), 1e-12) if want_grad else None
+        grad = (xc - tc) / np.maximum(xc * (1 - xc), sem.BCE_GRAD_EPS) if want_grad else None
     if w is not None:
         per_elem = per_elem * w
         grad = grad * w if want_grad else None
