@@ -1,0 +1,270 @@
+"""The fused pass of :mod:`crossent._kernel`: threads, blocks, precisions, in-place output.
+
+The public functions are held to PyTorch in ``test_functional.py``.  Here the same numbers
+must come out however the rows are cut: into several threads (``PARALLEL_MIN_ELEMENTS``
+lowered, ``CROSSENT_NUM_THREADS`` raised), into many small blocks (``BLOCK_ELEMENTS``
+lowered), widened from float16 or bfloat16 bits, or written over the logits in place.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from crossent import _kernel
+from crossent import functional as fn
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+
+def run_kernel(x, target, *, probability=False, weight=None, ignore_index=-100,
+               label_smoothing=0.0, z_loss=0.0, softcap=None, grad_scale=1.0,
+               grad_out="new", bfloat16=False, compute_dtype=None):
+    """Per-row losses and gradient straight from the kernel, targets built by the rules."""
+    cd = np.dtype(compute_dtype or (np.float32 if bfloat16 or x.dtype == np.float16
+                                    else x.dtype))
+    targets, _ = _kernel.build_row_targets(
+        target, probability=probability, weight=weight, ignore_index=ignore_index,
+        label_smoothing=label_smoothing, z_loss=z_loss, num_classes=x.shape[1],
+        compute_dtype=cd)
+    if isinstance(grad_out, str):
+        grad_out = np.empty_like(x) if grad_out == "new" else None
+    losses = _kernel.fused_softmax_cross_entropy(x, targets, grad_scale, cd, softcap=softcap,
+                                                 grad_out=grad_out, bfloat16=bfloat16)
+    return losses, grad_out
+
+
+# Options that touch every branch of the block loop: (name, kwargs, why)
+VARIANTS = [
+    ("plain", {}, "the common case: class indices, nothing else"),
+    ("weight-smooth-ignore", {"weight": True, "label_smoothing": 0.1, "ignore": True},
+     "weighted uniform term, masked rows"),
+    ("zloss-softcap", {"z_loss": 1e-3, "softcap": 5.0}, "scratch buffer for tanh, z-loss"),
+    ("probability", {"probability": True, "label_smoothing": 0.2, "weight": True},
+     "the coefficient buffer"),
+]
+
+
+def make_inputs(rng, rows, classes, dtype, variant):
+    opts = dict(variant)
+    x = rng.normal(0.0, 4.0, size=(rows, classes)).astype(dtype)
+    probability = opts.pop("probability", False)
+    ignore = opts.pop("ignore", False)
+    weighted = opts.pop("weight", False)
+    if probability:
+        target = rng.dirichlet(np.ones(classes), size=rows)
+    else:
+        target = rng.integers(0, classes, size=rows)
+        if ignore:
+            target[rng.random(rows) < 0.25] = -100
+            x[np.flatnonzero(target == -100)[:1], 0] = -np.inf  # ignored non-finite row
+    weight = rng.uniform(0.5, 2.0, size=classes) if weighted else None
+    if weight is not None:
+        weight = weight.astype(np.float32 if dtype == np.float16 else dtype)
+    return x, target, dict(opts, probability=probability, weight=weight)
+
+
+@pytest.mark.parametrize(("name", "variant", "_why"), VARIANTS, ids=[v[0] for v in VARIANTS])
+@pytest.mark.parametrize("threads", [2, 3, 7])  # even, uneven and more threads than cores
+def test_threaded_equals_serial(rng, monkeypatch, name, variant, _why, threads):
+    """Splitting rows among threads gives the serial numbers.
+
+    Each row's arithmetic is the same; only the BLAS matrix-vector product of the weighted
+    smoothing term may group a row's sum differently for another block height (1 ulp)."""
+    x, target, kwargs = make_inputs(rng, 37, 129, np.float64, variant)
+    monkeypatch.setenv("CROSSENT_NUM_THREADS", str(threads))
+    monkeypatch.setattr(_kernel, "PARALLEL_MIN_ELEMENTS", 1 << 40)
+    serial = run_kernel(x, target, **kwargs)
+    monkeypatch.setattr(_kernel, "PARALLEL_MIN_ELEMENTS", 1)
+    monkeypatch.setattr(_kernel, "BLOCK_ELEMENTS", 129 * 4)  # several blocks per thread
+    threaded = run_kernel(x, target, **kwargs)
+    assert _kernel._pool is not None and _kernel._pool_size == threads
+    np.testing.assert_allclose(threaded[0], serial[0], rtol=1e-15, atol=0)
+    np.testing.assert_allclose(threaded[1], serial[1], rtol=1e-15, atol=1e-18)
+
+
+@pytest.mark.parametrize(("name", "variant", "_why"), VARIANTS, ids=[v[0] for v in VARIANTS])
+@pytest.mark.parametrize("block_elements", [1, 129 * 3, 129 * 5 + 17])
+def test_block_size_does_not_change_the_result(rng, monkeypatch, name, variant, _why,
+                                               block_elements):
+    """One row per block, blocks that divide the rows unevenly, and a ragged last block."""
+    x, target, kwargs = make_inputs(rng, 23, 129, np.float64, variant)
+    reference = run_kernel(x, target, **kwargs)
+    monkeypatch.setattr(_kernel, "BLOCK_ELEMENTS", block_elements)
+    blocked = run_kernel(x, target, **kwargs)
+    # per-row work is identical; only BLAS-backed dot products may group differently
+    np.testing.assert_allclose(blocked[0], reference[0], rtol=1e-14, atol=1e-14)
+    np.testing.assert_allclose(blocked[1], reference[1], rtol=1e-14, atol=1e-16)
+
+
+def test_threaded_public_path_against_torch(rng, monkeypatch):
+    """Above PARALLEL_MIN_ELEMENTS the public function runs threaded and stays exact."""
+    monkeypatch.setenv("CROSSENT_NUM_THREADS", "2")
+    rows, classes = 40, 32000  # 1.28e6 logits > 2**20: threaded without any monkeypatching
+    assert rows * classes >= _kernel.PARALLEL_MIN_ELEMENTS
+    x = rng.normal(0.0, 2.0, size=(rows, classes)).astype(np.float32)
+    y = rng.integers(0, classes, rows)
+    y[::7] = -100
+    w = rng.uniform(0.5, 2.0, classes).astype(np.float32)
+    _kernel._pool = None  # so the assertion below sees this call's pool
+    loss, grad = fn.cross_entropy_with_grad(x, y, w, label_smoothing=0.1, reduction="sum")
+    assert _kernel._pool is not None and _kernel._pool_size == 2
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    ref = F.cross_entropy(xt, torch.tensor(y), torch.tensor(w, dtype=torch.float64),
+                          reduction="sum", label_smoothing=0.1)
+    ref.backward()
+    assert loss == pytest.approx(ref.item(), rel=2e-6)
+    np.testing.assert_allclose(grad, xt.grad.numpy(), rtol=2e-5, atol=1e-9)
+
+
+def test_a_worker_exception_reaches_the_caller(monkeypatch):
+    """An error inside a thread is re-raised in the calling thread, not swallowed."""
+    monkeypatch.setenv("CROSSENT_NUM_THREADS", "2")
+    monkeypatch.setattr(_kernel, "PARALLEL_MIN_ELEMENTS", 1)
+    x = np.zeros((4, 3))
+    # the kernel trusts range-checked targets; an unchecked class 7 fails inside a worker
+    targets = _kernel.RowTargets(index=np.array([0, 1, 2, 7]), on_target=np.ones(4),
+                                 coef_sum=np.ones(4))
+    with pytest.raises(IndexError):
+        _kernel.fused_softmax_cross_entropy(x, targets, 1.0, np.dtype(np.float64),
+                                            grad_out=np.empty_like(x))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_in_place_gradient_over_the_logits(rng, dtype, softcap):
+    """``grad_out=logits``: every block is read before its gradient is written."""
+    x, target, kwargs = make_inputs(rng, 50, 33, dtype, VARIANTS[1][1])
+    expected_loss, expected_grad = run_kernel(x, target, softcap=softcap, **kwargs)
+    buf = x.copy()
+    loss, grad = run_kernel(buf, target, softcap=softcap, grad_out=buf, **kwargs)
+    assert grad is buf
+    np.testing.assert_array_equal(loss, expected_loss)
+    np.testing.assert_array_equal(buf, expected_grad)
+
+
+def test_in_place_float16(rng):
+    """float16 logits are widened per block; the gradient narrows back into the same array."""
+    x, target, kwargs = make_inputs(rng, 40, 17, np.float16, VARIANTS[0][1])
+    expected = run_kernel(x, target, **kwargs)
+    buf = x.copy()
+    loss, _ = run_kernel(buf, target, grad_out=buf, **kwargs)
+    np.testing.assert_array_equal(loss, expected[0])
+    np.testing.assert_array_equal(buf, expected[1])
+    assert expected[0].dtype == np.float32 and expected[1].dtype == np.float16
+
+
+def test_loss_only_pass_matches_the_fused_one(rng):
+    """``grad_out=None`` computes the same losses without writing any gradient."""
+    for name, variant, _ in VARIANTS:
+        x, target, kwargs = make_inputs(rng, 30, 20, np.float64, variant)
+        with_grad, _ = run_kernel(x, target, **kwargs)
+        loss_only, none = run_kernel(x, target, grad_out=None, **kwargs)
+        assert none is None
+        np.testing.assert_array_equal(loss_only, with_grad, err_msg=name)
+
+
+def test_vector_grad_scale_scales_each_row(rng):
+    """A per-row ``grad_scale`` (reduction 'none') multiplies each row's gradient."""
+    x, target, kwargs = make_inputs(rng, 12, 9, np.float64, VARIANTS[2][1])
+    scale = rng.uniform(-2.0, 2.0, 12)
+    _, unit = run_kernel(x, target, **kwargs)
+    _, scaled = run_kernel(x, target, grad_scale=scale, **kwargs)
+    np.testing.assert_allclose(scaled, unit * scale[:, None], rtol=1e-14, atol=1e-16)
+
+
+def test_empty_and_single_class_inputs():
+    loss, grad = run_kernel(np.zeros((0, 5)), np.zeros(0, np.int64))
+    assert loss.shape == (0,) and grad.shape == (0, 5)
+    loss, grad = run_kernel(np.array([[3.0], [-1.0]]), np.array([0, 0]))
+    np.testing.assert_array_equal(loss, [0.0, 0.0])  # one class: probability 1, no loss
+    np.testing.assert_array_equal(grad, [[0.0], [0.0]])
+
+
+# --------------------------------------------------------------------------------------------
+# bfloat16 as raw uint16 bits (how the torch executor hands bfloat16 over)
+# --------------------------------------------------------------------------------------------
+
+
+def bf16_bits(t):
+    return t.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+
+
+def test_bf16_widening_is_exact(rng):
+    values = torch.tensor(rng.normal(0, 100, 1000), dtype=torch.float32)
+    values[:4] = torch.tensor([float("inf"), float("-inf"), 0.0, -0.0])
+    bits = bf16_bits(values)
+    out = _kernel.bf16_bits_to_float32(bits, np.empty(bits.shape, np.float32))
+    expected = values.to(torch.bfloat16).to(torch.float32).numpy()
+    np.testing.assert_array_equal(out, expected)
+    assert np.signbit(out[3])
+
+
+def test_bf16_rounding_matches_torch(rng):
+    """Round to nearest, ties to even, overflow to inf, NaN stays NaN (as torch rounds)."""
+    raw = rng.integers(0, 2**32, 20000, dtype=np.uint64).astype(np.uint32)
+    values = raw.view(np.float32)
+    finite = np.isfinite(values)
+    ties = (np.arange(1, 65, dtype=np.uint32) << 16) | 0x8000  # exactly halfway
+    values = np.concatenate([values[finite], ties.view(np.float32),
+                             np.float32([3.4e38, -3.4e38, np.nan, 1e-45])])
+    ours = _kernel.float32_to_bf16_bits(values, np.empty(values.shape, np.uint16))
+    theirs = bf16_bits(torch.from_numpy(values))
+    nan = np.isnan(values)
+    np.testing.assert_array_equal(ours[~nan], theirs[~nan])
+    widened = _kernel.bf16_bits_to_float32(ours[nan], np.empty(nan.sum(), np.float32))
+    assert np.isnan(widened).all()
+
+
+@pytest.mark.parametrize(("name", "variant", "_why"), VARIANTS, ids=[v[0] for v in VARIANTS])
+def test_bfloat16_pass_against_torch_float32(rng, name, variant, _why):
+    """bfloat16 logits computed in float32: the loss within float32 rounding of torch on the
+    widened values, the gradient within one bfloat16 rounding of torch's float32 gradient."""
+    x, target, kwargs = make_inputs(rng, 64, 300, np.float32, variant)
+    bits = bf16_bits(torch.from_numpy(x))
+    x32 = _kernel.bf16_bits_to_float32(bits, np.empty(bits.shape, np.float32))
+    if kwargs["weight"] is not None:
+        kwargs["weight"] = kwargs["weight"].astype(np.float32)
+    grad_bits = np.empty_like(bits)
+    loss, _ = run_kernel(bits, target, grad_out=grad_bits, bfloat16=True, **kwargs)
+    loss32, grad32 = run_kernel(x32, target, **kwargs)
+    np.testing.assert_array_equal(loss, loss32)  # same float32 computation after widening
+    np.testing.assert_array_equal(grad_bits, bf16_bits(torch.from_numpy(grad32)))
+    # and against torch itself (float64 on the same bfloat16 values)
+    xt = torch.tensor(x32, dtype=torch.float64, requires_grad=True)
+    tt = (torch.tensor(target, dtype=torch.float64) if kwargs["probability"]
+          else torch.tensor(target))
+    wt = None if kwargs["weight"] is None else torch.tensor(kwargs["weight"], dtype=torch.float64)
+    z = xt if kwargs.get("softcap") is None else kwargs["softcap"] * torch.tanh(
+        xt / kwargs["softcap"])
+    ref = F.cross_entropy(z, tt, wt, reduction="none",
+                          label_smoothing=kwargs.get("label_smoothing", 0.0))
+    if kwargs.get("z_loss"):
+        ref = ref + kwargs["z_loss"] * torch.logsumexp(z, 1) ** 2
+    np.testing.assert_allclose(loss, ref.detach().numpy(), rtol=1e-5, atol=1e-6)
+    ref.sum().backward()
+    widened = _kernel.bf16_bits_to_float32(grad_bits, np.empty(bits.shape, np.float32))
+    ref_grad = xt.grad.numpy()
+    # one bfloat16 rounding: relative 2**-8, plus float32 noise on entries near zero
+    np.testing.assert_allclose(widened, ref_grad, rtol=2**-8, atol=1e-7)
+
+
+# --------------------------------------------------------------------------------------------
+# Thread count
+# --------------------------------------------------------------------------------------------
+
+
+def test_num_threads_reads_the_environment(monkeypatch):
+    monkeypatch.setenv("CROSSENT_NUM_THREADS", "5")
+    assert _kernel.num_threads() == 5
+    monkeypatch.delenv("CROSSENT_NUM_THREADS")
+    assert _kernel.num_threads() >= 1
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two", "1.5"])
+def test_num_threads_rejects_bad_values(monkeypatch, value):
+    monkeypatch.setenv("CROSSENT_NUM_THREADS", value)
+    with pytest.raises(ValueError, match=rf"CROSSENT_NUM_THREADS must be a positive integer, "
+                                         rf"got '{value}'"):
+        _kernel.num_threads()
