@@ -66,6 +66,12 @@ def as_grad_output(grad_output: Any, loss_shape: tuple[int, ...], dtype: np.dtyp
         ) from None
 
 
+def entry(name: str, arr: np.ndarray, position: tuple[int, ...]) -> str:
+    """``name[i, j] = value`` for one entry (``name = value`` for a 0-d array)."""
+    where = "[" + ", ".join(str(int(i)) for i in position) + "]" if position else ""
+    return f"{name}{where} = {arr[position].item()!r}"
+
+
 def first_position(mask: np.ndarray) -> tuple[int, ...]:
     """Index of the first True entry of ``mask`` (in C order)."""
     flat = int(np.flatnonzero(mask.reshape(-1))[0])

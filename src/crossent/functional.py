@@ -32,7 +32,14 @@ from typing import Any
 import numpy as np
 
 from . import _semantics as sem
-from ._arrays import as_float_array, as_grad_output, compute_dtype, describe, first_position
+from ._arrays import (
+    as_float_array,
+    as_grad_output,
+    compute_dtype,
+    describe,
+    entry,
+    first_position,
+)
 from ._kernel import build_row_targets, fused_softmax_cross_entropy
 
 __all__ = [
@@ -459,16 +466,12 @@ def _binary_cross_entropy(input, target, weight, reduction, grad_output, want_gr
     reduction = sem.check_reduction(reduction)
     outside = ~((x >= 0) & (x <= 1))  # also catches NaN
     if outside.any():
-        pos = first_position(outside)
-        raise ValueError(
-            f"input must hold probabilities in [0, 1], got input{list(pos)} = {x[pos]!r}"
-        )
+        bad = entry("input", x, first_position(outside))
+        raise ValueError(f"input must hold probabilities in [0, 1], got {bad}")
     outside = ~((t >= 0) & (t <= 1))
     if outside.any():
-        pos = first_position(outside)
-        raise ValueError(
-            f"target must hold probabilities in [0, 1], got target{list(pos)} = {t[pos]!r}"
-        )
+        bad = entry("target", t, first_position(outside))
+        raise ValueError(f"target must hold probabilities in [0, 1], got {bad}")
     cd = compute_dtype(x.dtype, t.dtype)
     xc, tc = x.astype(cd), t.astype(cd)
     w = _broadcast_weight(weight, x.shape, "weight", cd)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ._arrays import as_float_array, first_position
+from ._arrays import as_float_array, entry, first_position
 
 __all__ = ["surprisal", "entropy", "cross_entropy", "kl_divergence"]
 
@@ -40,11 +40,12 @@ def _probabilities(value: Any, name: str, axis: int | None) -> np.ndarray:
     p = as_float_array(value, name, "an array of probabilities")
     bad = ~((p >= 0) & (p <= 1))
     if bad.any():
-        pos = first_position(bad)
-        raise ValueError(f"{name} must hold probabilities in [0, 1], got {name}{list(pos)} = "
-                         f"{p[pos]!r}")
-    if axis is None:
+        raise ValueError(f"{name} must hold probabilities in [0, 1], got "
+                         f"{entry(name, p, first_position(bad))}")
+    if axis is None:  # single events (surprisal): no distribution to sum
         return p
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+        raise TypeError(f"axis must be an int, got {type(axis).__name__} {axis!r}")
     if p.ndim == 0 or not -p.ndim <= axis < p.ndim:
         raise ValueError(f"axis {axis} is out of range for {name} of shape {p.shape}")
     total = p.sum(axis=axis, dtype=np.float64)
@@ -52,8 +53,9 @@ def _probabilities(value: Any, name: str, axis: int | None) -> np.ndarray:
     off = np.abs(total - 1) > tol
     if off.any():
         where = first_position(off) if np.ndim(total) else ()
+        which = f"the distribution at {list(where)}" if where else "it"
         raise ValueError(
-            f"{name} must sum to 1 along axis {axis}, but the distribution at {list(where)} sums "
+            f"{name} must sum to 1 along axis {axis}, but {which} sums "
             f"to {float(np.asarray(total)[where]):.6g}; divide it by its sum first"
         )
     return p

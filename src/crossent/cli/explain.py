@@ -84,6 +84,7 @@ def _explain_logits(z: np.ndarray, y: int, log_unit: float, log_name: str,
     loss, grad = cross_entropy_with_grad(z, np.array(y))
     loss, grad = loss / log_unit, grad / log_unit
     onehot = np.eye(z.size)[y]
+    grad_formula = "(p - onehot(y)) / ln 2" if unit == "bits" else "p - onehot(y)"
     return [
         f"Cross-entropy of one example, step by step ({unit}: {log_name}).",
         "",
@@ -96,8 +97,7 @@ def _explain_logits(z: np.ndarray, y: int, log_unit: float, log_name: str,
         f"5 pick the target {log_name} p[{y}] = {logp[y]:.6f}",
         f"6 loss            L = -{log_name} p[{y}] = {float(loss):.6f} {unit}",
         "",
-        f"  gradient        dL/dz = {'(p - onehot(y)) / ln 2' if unit == 'bits' else 'p - onehot(y)'}"
-        f" = {_fmt(grad)}",
+        f"  gradient        dL/dz = {grad_formula} = {_fmt(grad)}",
         f"                  with onehot(y) = {_fmt(onehot)}; the components sum to "
         f"{_num(grad.sum())}:",
         "                  raising the true logit lowers the loss, raising any other raises it",
