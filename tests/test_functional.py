@@ -845,7 +845,10 @@ def test_float16_is_computed_in_float32(rng, shape, kind, reduction):
     loss, grad = fn.cross_entropy_with_grad(x16, t16, ignore_index=ii, reduction=reduction,
                                             label_smoothing=0.1)
     assert np.asarray(loss).dtype == np.float16 and grad.dtype == np.float16
-    as64 = (lambda a: a.astype(np.float64))
+
+    def as64(a):
+        return a.astype(np.float64)
+
     gold, gold_grad = torch_cross_entropy(as64(x16), as64(t16) if kind == "prob" else t16,
                                           ignore_index=ii, reduction=reduction,
                                           label_smoothing=0.1)
