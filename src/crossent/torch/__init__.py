@@ -1,0 +1,13 @@
+"""crossent for PyTorch: drop-ins for ``F.cross_entropy`` and ``F.linear_cross_entropy``.
+
+``import crossent.torch`` needs PyTorch (``pip install crossent[torch]``); Triton kernels
+are used for CUDA tensors when triton is installed.
+"""
+
+from __future__ import annotations
+
+from .functional import cross_entropy
+from .modules import CrossEntropyLoss
+from .reference import cross_entropy_ref
+
+__all__ = ["cross_entropy", "CrossEntropyLoss", "cross_entropy_ref"]

@@ -1,0 +1,54 @@
+"""Choosing an executor explicitly: ``impl="auto" | "cpu" | "torch" | "triton"``.
+
+* ``"cpu"``: crossent's fused NumPy pass (:mod:`crossent._kernel`) on the tensor's memory,
+  threaded over row blocks; CPU tensors only.  The fastest choice on CPUs.
+* ``"torch"``: the same maths in row blocks of plain torch operations; any device.
+* ``"triton"``: Triton kernels (:mod:`crossent.torch.triton`); CUDA tensors, or CPU tensors
+  under ``TRITON_INTERPRET=1`` (how the test-suite checks them without a GPU).
+* ``"auto"``: ``"cpu"`` for CPU tensors, ``"triton"`` for CUDA tensors when triton is
+  installed, ``"torch"`` otherwise.
+
+An explicit choice that cannot run raises ``RuntimeError`` naming what is missing; an unknown
+name raises ``ValueError``.  Nothing falls back silently.
+"""
+
+from __future__ import annotations
+
+import torch
+
+IMPLS = ("auto", "cpu", "torch", "triton")
+
+
+def _triton_ready(device: torch.device) -> bool:
+    try:
+        from .triton import is_available
+    except ImportError:
+        return False
+    return bool(is_available(device))
+
+
+def resolve_impl(impl: str, device: torch.device) -> str:
+    """The concrete executor for ``impl`` on ``device`` (never ``"auto"``)."""
+    if not isinstance(impl, str) or impl not in IMPLS:
+        raise ValueError(f"impl must be one of {', '.join(map(repr, IMPLS))}, got {impl!r}")
+    if impl == "auto":
+        if device.type == "cpu":
+            return "cpu"
+        if device.type == "cuda" and _triton_ready(device):
+            return "triton"
+        return "torch"
+    if impl == "cpu" and device.type != "cpu":
+        raise RuntimeError(
+            f"impl='cpu' runs crossent's NumPy pass on CPU tensors only, got a tensor on "
+            f"{device}; use impl='auto', 'torch' or 'triton'"
+        )
+    if impl == "triton":
+        try:
+            from .triton import require_triton
+        except ImportError as exc:
+            raise RuntimeError(
+                f"impl='triton' needs the triton package, which failed to import ({exc}); "
+                "install crossent[triton] or use impl='auto'"
+            ) from exc
+        require_triton(device)
+    return impl

@@ -1,0 +1,151 @@
+"""Per-row executors of the fused cross-entropy pass on ``(M, C)`` logits.
+
+Each executor has the same contract (the Triton one in :mod:`crossent.torch.triton` too)::
+
+    rows(logits, target, params, weight, grad_scale, grad_out) -> per-row losses (M,)
+
+* ``logits``: ``(M, C)``, classes last; ``target``: ``(M,)`` class indices (range-checked)
+  or ``(M, C)`` probabilities; ``weight``: ``(C,)`` or None, in the compute dtype;
+* ``grad_scale``: 0-d or ``(M,)`` tensor, ``d reduced loss / d loss_n``; ``grad_out``: the
+  ``(M, C)`` buffer the gradient is written to (may be ``logits`` itself), or None.
+
+The maths is the one of :mod:`crossent._semantics` (module docstring).  Ignored rows get loss
+0 and gradient exactly 0; a class with coefficient 0 and logit ``-inf`` adds 0, not NaN.
+
+:func:`check_targets_and_scale` is what every executor except ``"cpu"`` needs first: the
+range check of class indices, the ``'mean'`` denominator and the gradient scale, all on the
+device (the NumPy pass does the same inside :func:`crossent.functional.softmax_cross_entropy_rows`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .. import _semantics as sem
+from .._semantics import out_of_range_message
+from ._params import CrossEntropyParams
+
+# Rows per block of the portable torch executor: ~2**19 logits keeps each block's
+# temporaries in cache on CPUs and gives GPUs enough work per launch.
+TORCH_BLOCK_ELEMENTS = 1 << 19
+
+
+def compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    """float64 stays float64; everything else is computed in float32."""
+    return torch.float64 if torch.float64 in dtypes else torch.float32
+
+
+def check_targets_and_scale(
+    target: torch.Tensor, params: CrossEntropyParams, weight: torch.Tensor | None,
+    num_classes: int, reduction: str, cd: torch.dtype, target_shape: tuple[int, ...],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Range-check class indices; return ``(denominator, grad_scale)`` as device tensors.
+
+    On CPU a bad index raises ``IndexError`` naming its value and position.  On other
+    devices the check is an asynchronous device assertion (no host synchronisation), as
+    PyTorch's own CUDA kernels do.
+    """
+    rows = target.shape[0]
+    if params.probability:
+        denominator = torch.tensor(float(sem.mean_denominator_probability(rows)), dtype=cd,
+                                   device=target.device)
+    else:
+        bad = ((target < 0) | (target >= num_classes)) & (target != params.ignore_index)
+        if target.device.type == "cpu":
+            if bool(bad.any()):
+                pos = np.unravel_index(int(bad.nonzero()[0, 0]), target_shape)
+                raise IndexError(out_of_range_message(int(target.reshape(target_shape)[pos]),
+                                                      pos, num_classes, params.ignore_index))
+        else:
+            torch._assert_async(~bad.any(), "crossent: target class index out of range")
+        _, w_y = sem.index_row_weights(target, params.ignore_index, weight)
+        denominator = sem.mean_denominator_index(w_y.to(cd))
+    if reduction == "mean":
+        scale = 1.0 / denominator
+    else:
+        scale = torch.ones((), dtype=cd, device=target.device)
+    return denominator, scale
+
+
+def cross_entropy_rows_torch(
+    logits: torch.Tensor, target: torch.Tensor, params: CrossEntropyParams,
+    weight: torch.Tensor | None, grad_scale: torch.Tensor, grad_out: torch.Tensor | None,
+) -> torch.Tensor:
+    """The portable executor: the fused maths in row blocks of plain torch operations."""
+    rows, classes = logits.shape
+    cd = compute_dtype(logits.dtype, target.dtype if params.probability else logits.dtype)
+    eps = params.label_smoothing
+    device = logits.device
+    losses = torch.empty(rows, dtype=cd, device=device)
+    w = weight.to(cd) if weight is not None else None
+    if not params.probability:
+        valid, w_y = sem.index_row_weights(target, params.ignore_index, w)
+        w_y = w_y.to(cd)
+        valid = valid.to(cd)
+        y_safe = torch.where(valid.bool(), target, torch.zeros_like(target))
+        weight_sum = classes if w is None else w.sum()
+        coef_sum_all = sem.index_coefficient_sum(w_y, valid, eps, classes, weight_sum)
+        on_target, uniform = sem.smoothing_terms(eps, classes)
+        uniform_vec = (w * uniform) if w is not None else torch.full(
+            (classes,), uniform, dtype=cd, device=device)
+    z_weight_all = None
+    if params.z_loss:
+        z_weight_all = (w_y * params.z_loss) if not params.probability else None
+    scale_all = grad_scale.to(cd)
+    block = max(1, TORCH_BLOCK_ELEMENTS // classes)
+    for s in range(0, rows, block):
+        e = min(s + block, rows)
+        x = logits[s:e].to(cd)
+        if params.softcap is not None:
+            th = torch.tanh(x / params.softcap)
+            z = th * params.softcap
+        else:
+            th, z = None, x
+        m = z.amax(dim=1, keepdim=True)
+        shifted = z - m
+        if params.probability:
+            coef = sem.smoothed_probabilities(target[s:e].to(cd), eps, classes)
+            if w is not None:
+                coef = coef * w
+            coef_sum = coef.sum(dim=1)
+            # 0 * log 0 = 0: classes the target does not weigh add nothing, even at -inf
+            dot = torch.where(coef != 0, coef * shifted, 0.0).sum(dim=1)
+        else:
+            vb = valid[s:e]
+            yb = y_safe[s:e, None]
+            on_t = w_y[s:e] * on_target
+            dot = torch.where(vb.bool(), on_t * shifted.gather(1, yb)[:, 0], 0.0)
+            if eps:
+                dot = dot + vb * torch.where(uniform_vec != 0, shifted * uniform_vec,
+                                             0.0).sum(dim=1)
+            coef_sum = coef_sum_all[s:e]
+        ex = torch.exp(shifted)
+        sum_exp = ex.sum(dim=1)
+        log_sum = torch.log(sum_exp)
+        loss = coef_sum * log_sum - dot
+        p_factor = coef_sum
+        if params.z_loss:
+            zw = z_weight_all[s:e] if z_weight_all is not None else params.z_loss
+            lse = m[:, 0] + log_sum
+            loss = loss + zw * lse * lse
+            p_factor = coef_sum + 2.0 * zw * lse
+        if not params.probability:
+            loss = torch.where(vb.bool(), loss, 0.0)  # ignored rows cost 0, whatever the logits
+        losses[s:e] = loss
+        if grad_out is None:
+            continue
+        scale = scale_all[s:e] if scale_all.ndim else scale_all
+        g = ex * (scale * p_factor / sum_exp).reshape(-1, 1)
+        if params.probability:
+            g = g - coef * scale.reshape(-1, 1) if scale.ndim else g - coef * scale
+        else:
+            g = g.scatter_add(1, yb, -(on_t * scale).reshape(-1, 1).expand(-1, 1))
+            if eps:
+                g = g - (vb * scale).reshape(-1, 1) * uniform_vec
+        if th is not None:
+            g = g * (1.0 - th * th)
+        if not params.probability:
+            g = torch.where(vb.bool()[:, None], g, 0.0)
+        grad_out[s:e].copy_(g)
+    return losses

@@ -1,0 +1,46 @@
+"""Plain-PyTorch references for the fused ops (DESIGN.md example 2): the definitions the
+fast paths are tested against, written with ``torch.nn.functional`` in float64 (or float32)
+so that a reader can check them by eye.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import _semantics as sem
+
+
+def cross_entropy_ref(
+    input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
+    ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0, *,
+    z_loss: float = 0.0, softcap: float | None = None, dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
+    """``F.cross_entropy`` in ``dtype`` plus the two extras, as formulas.
+
+    softcap: ``x -> softcap * tanh(x / softcap)`` before the loss.  z-loss: each element adds
+    ``z_loss * w[y_n] * logsumexp(x_n)**2`` (``w[y_n] = 0`` when ignored, 1 for probability
+    targets), reduced with the loss's own reduction and ``'mean'`` denominator.
+    """
+    x = input.to(dtype)
+    if softcap is not None:
+        x = softcap * torch.tanh(x / softcap)
+    w = weight.to(dtype) if weight is not None else None
+    probability = sem.is_probability_target(tuple(input.shape), tuple(target.shape))
+    t = target.to(dtype) if probability else target
+    if z_loss == 0.0:
+        return F.cross_entropy(x, t, w, ignore_index=ignore_index, reduction=reduction,
+                               label_smoothing=label_smoothing)
+    per_element = F.cross_entropy(x, t, w, ignore_index=ignore_index, reduction="none",
+                                  label_smoothing=label_smoothing)
+    class_axis = 0 if x.ndim == 1 else 1
+    lse = torch.logsumexp(x, dim=class_axis)
+    if probability:
+        w_n = torch.ones_like(lse)
+        denominator = sem.mean_denominator_probability(lse.numel())
+    else:
+        _, w_n = sem.index_row_weights(target, ignore_index, w)
+        w_n = w_n.to(dtype)
+        denominator = sem.mean_denominator_index(w_n)
+    per_element = per_element + z_loss * w_n * lse * lse
+    return sem.reduce_loss(per_element, reduction, denominator)
