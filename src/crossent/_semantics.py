@@ -227,7 +227,7 @@ def check_probability_ignore_index(ignore_index: int) -> None:
 def out_of_range_message(value: int, position: tuple[int, ...], num_classes: int,
                          ignore_index: int) -> str:
     """The one wording of a bad class index, naming the value and where it is."""
-    where = "[" + ", ".join(str(int(i)) for i in position) + "]"
+    where = "[" + ", ".join(str(int(i)) for i in position) + "]" if position else ""
     return (
         f"target{where} = {int(value)} is out of range: expected a class index in "
         f"[0, {num_classes - 1}] or ignore_index ({ignore_index})"
@@ -287,7 +287,11 @@ def smoothed_probabilities(target: Any, label_smoothing: float, num_classes: int
 
 def index_coefficient_sum(w_y: Any, valid: Any, label_smoothing: float, num_classes: int,
                           weight_sum: Any) -> Any:
-    """``A = sum_c a_c`` for index targets: ``(1-eps) w[y] + (eps/C) sum(w)``, 0 if ignored."""
+    """``A = sum_c a_c`` for index targets: ``(1-eps) w[y] + (eps/C) sum(w)``, 0 if ignored.
+
+    Pass ``w_y`` and ``valid`` in the compute dtype: in torch a bool ``valid`` times a Python
+    float is float32, which would round the smoothing term of a float64 loss.
+    """
     if label_smoothing == 0.0:
         return w_y
     on_target, uniform = smoothing_terms(label_smoothing, num_classes)

@@ -199,7 +199,8 @@ def softmax_cross_entropy_rows(
     rows, num_classes = x.shape
     if not probability:
         target = target.astype(np.int64, copy=False)
-        _check_index_range(target, num_classes, ignore_index, target_shape or (rows,))
+        where_shape = target_shape if target_shape is not None else (rows,)
+        _check_index_range(target, num_classes, ignore_index, where_shape)
     targets, w_y = build_row_targets(
         target, probability=probability, weight=weight, ignore_index=ignore_index,
         label_smoothing=label_smoothing, z_loss=z_loss, num_classes=num_classes,
