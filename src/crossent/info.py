@@ -36,13 +36,14 @@ def _log_base(base: Any) -> float:
     return math.log(base)
 
 
-def _probabilities(value: Any, name: str, axis: int | None) -> np.ndarray:
+def _probabilities(value: Any, name: str, axis: Any, *, distribution: bool = True) -> np.ndarray:
+    """Probabilities in [0, 1]; with ``distribution``, summing to 1 along ``axis``."""
     p = as_float_array(value, name, "an array of probabilities")
     bad = ~((p >= 0) & (p <= 1))
     if bad.any():
         raise ValueError(f"{name} must hold probabilities in [0, 1], got "
                          f"{entry(name, p, first_position(bad))}")
-    if axis is None:  # single events (surprisal): no distribution to sum
+    if not distribution:  # single events (surprisal): nothing to sum
         return p
     if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
         raise TypeError(f"axis must be an int, got {type(axis).__name__} {axis!r}")
@@ -69,7 +70,7 @@ def surprisal(p: Any, base: float | None = None) -> np.ndarray:
     >>> float(surprisal(0.5, base=2))
     1.0
     """
-    p = _probabilities(p, "p", None)
+    p = _probabilities(p, "p", None, distribution=False)
     with np.errstate(divide="ignore"):
         return -np.log(p) / _log_base(base)
 
