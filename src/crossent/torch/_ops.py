@@ -17,56 +17,20 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..functional import softmax_cross_entropy_rows
 from ._params import CrossEntropyParams
-from ._rows import check_targets_and_scale, compute_dtype, cross_entropy_rows_torch
-
-
-def _numpy_view(t: torch.Tensor) -> tuple[np.ndarray, bool]:
-    """A NumPy view of a CPU tensor's memory; bfloat16 is viewed as its raw uint16 bits."""
-    if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().view(np.uint16), True
-    return t.numpy(), False
-
-
-def _rows_cpu(logits, target, weight, reduction, params, grad_out, target_shape):
-    """The NumPy executor on CPU tensors, sharing their memory (no copies)."""
-    x, bf16 = _numpy_view(logits.detach())
-    if params.probability:
-        t = target.detach()
-        t = t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
-        t_np = t.numpy()
-    else:
-        t_np = target.detach().numpy()
-    cd = np.dtype(np.float64) if torch.float64 in (
-        logits.dtype, target.dtype if params.probability else logits.dtype) else np.dtype(
-        np.float32)
-    w = weight.detach().numpy().astype(cd) if weight is not None else None
-    g = _numpy_view(grad_out)[0] if grad_out is not None else None
-    per_row, denominator = softmax_cross_entropy_rows(
-        x, t_np, probability=params.probability, weight=w, ignore_index=params.ignore_index,
-        reduction=reduction, label_smoothing=params.label_smoothing, z_loss=params.z_loss,
-        softcap=params.softcap, cd=cd, grad_output=None if g is None else cd.type(1.0),
-        grad_out=g, bfloat16=bf16, target_shape=tuple(target_shape),
-    )
-    return torch.from_numpy(per_row), torch.from_numpy(np.asarray(denominator))
+from ._rows import check_targets_and_scale, compute_dtype, rows_executor
 
 
 def _forward(logits, target, weight, reduction, params, impl, grad_out, target_shape):
-    if impl == "cpu":
-        return _rows_cpu(logits, target, weight, reduction, params, grad_out, target_shape)
+    """Range check, the 'mean' denominator, then the executor; returns (per_row, denominator)."""
     cd = compute_dtype(logits.dtype, target.dtype if params.probability else logits.dtype)
-    w = weight.to(cd) if weight is not None else None
+    w = weight.to(torch.float32 if impl == "triton" else cd) if weight is not None else None
     denominator, scale = check_targets_and_scale(
         target, params, w, logits.shape[1], reduction, cd, tuple(target_shape))
     if impl == "triton":
-        from .triton.cross_entropy import cross_entropy_fwd as run_rows
-        w = w.float() if w is not None else None
         scale = scale.float()
-    else:
-        run_rows = cross_entropy_rows_torch
-    per_row = run_rows(logits, target, params, w, scale if grad_out is not None else None,
-                       grad_out)
+    per_row = rows_executor(impl)(logits, target, params, w,
+                                  scale if grad_out is not None else None, grad_out)
     return per_row.to(cd), denominator
 
 

@@ -19,10 +19,13 @@ device (the NumPy pass does the same inside :func:`crossent.functional.softmax_c
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
 from .. import _semantics as sem
+from .._kernel import build_row_targets, fused_softmax_cross_entropy
 from .._semantics import out_of_range_message
 from ._params import CrossEntropyParams
 
@@ -66,6 +69,51 @@ def check_targets_and_scale(
     else:
         scale = torch.ones((), dtype=cd, device=target.device)
     return denominator, scale
+
+
+def _numpy_view(t: torch.Tensor) -> tuple[np.ndarray, bool]:
+    """A NumPy view of a CPU tensor's memory; bfloat16 is viewed as its raw uint16 bits."""
+    t = t.detach()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(np.uint16), True
+    return t.numpy(), False
+
+
+def cross_entropy_rows_cpu(
+    logits: torch.Tensor, target: torch.Tensor, params: CrossEntropyParams,
+    weight: torch.Tensor | None, grad_scale: torch.Tensor | None,
+    grad_out: torch.Tensor | None,
+) -> torch.Tensor:
+    """The NumPy executor (:mod:`crossent._kernel`) on CPU tensors' memory, without copies."""
+    x, bf16 = _numpy_view(logits)
+    cd_torch = compute_dtype(logits.dtype, target.dtype if params.probability else logits.dtype)
+    cd = np.dtype(np.float64 if cd_torch == torch.float64 else np.float32)
+    if params.probability:
+        t = target.detach()
+        t_np = (t.float() if t.dtype in (torch.bfloat16, torch.float16) else t).numpy()
+    else:
+        t_np = target.detach().numpy().astype(np.int64, copy=False)
+    w = weight.detach().numpy().astype(cd) if weight is not None else None
+    targets, _ = build_row_targets(
+        t_np, probability=params.probability, weight=w, ignore_index=params.ignore_index,
+        label_smoothing=params.label_smoothing, z_loss=params.z_loss,
+        num_classes=logits.shape[1], compute_dtype=cd)
+    scale = 0.0 if grad_scale is None else grad_scale.detach().to(cd_torch).numpy()
+    per_row = fused_softmax_cross_entropy(
+        x, targets, scale, cd, softcap=params.softcap,
+        grad_out=_numpy_view(grad_out)[0] if grad_out is not None else None, bfloat16=bf16)
+    return torch.from_numpy(per_row)
+
+
+def rows_executor(impl: str) -> Callable[..., torch.Tensor]:
+    """The per-row executor behind a resolved ``impl`` name."""
+    if impl == "cpu":
+        return cross_entropy_rows_cpu
+    if impl == "triton":
+        from .triton.cross_entropy import cross_entropy_fwd
+
+        return cross_entropy_fwd
+    return cross_entropy_rows_torch
 
 
 def cross_entropy_rows_torch(

@@ -9,7 +9,7 @@ dtypes and the device's properties, so it is safe inside CUDA graphs and inside 
 
 Two launch variants (see :func:`plan_launch` for the rule that picks one)
 -------------------------------------------------------------------------
-``row``    one program per row.  A row that fits in one block (``C <= 16384``) is read
+``row``    one program per row.  A row that fits in one block (``C <= 8192``) is read
            once: statistics and gradient from registers.  A longer row is streamed twice:
            pass 1 online max / sum-exp / target dot, pass 2 the gradient.
 ``split``  ``n_split`` programs per row, each over a contiguous chunk of columns: kernel 1
@@ -39,15 +39,18 @@ __all__ = ["LaunchPlan", "cross_entropy_fwd", "plan_launch"]
 # when they were set.  benchmarks/bench_gpu.py times both variants so they can be re-tuned.
 # --------------------------------------------------------------------------------------------
 
-# A row of at most this many classes is one block: loaded once, gradient from registers
-# (one read + one write of the logits).  16384 float32 values over 16 warps is 32 per thread
-# for each live block (z, a, the gradient), well under the register file; Llama-2 (32000)
-# and larger vocabularies stream instead.
-SINGLE_BLOCK_MAX = 16384
-# Streaming block: 16 KiB of input per load (4096 fp32, 8192 bf16/fp16 values).  Big enough
-# that each program keeps many bytes in flight (bandwidth needs ~16 KiB in flight per SM on
-# an H100), small enough for 2+ programs per SM at 16 values per thread.
-STREAM_BLOCK_BYTES = 16384
+# Register budget: every block size below is paired with num_warps = block / 512, i.e. 16
+# float32 values per thread for each live block.  Compiled for sm_90 (ptxas, no GPU needed)
+# that costs 60-90 registers per thread with no options and 120-128 with every option on,
+# without spills; 32 values per thread (16384-wide blocks at 16 warps) spill once softcap,
+# weights and smoothing are on.
+#
+# A row of at most this many classes is one block: loaded once, statistics and gradient
+# from registers (one read + one write of the logits: the traffic floor).
+SINGLE_BLOCK_MAX = 8192
+# Streaming block for longer rows (4096 values at 8 warps: 8-16 KiB per load per program,
+# with 2-3 programs resident per SM).
+STREAM_BLOCK = 4096
 # Split rule, part 1 (filling the device): the row variant needs at least this many
 # programs per SM to hide memory latency; with fewer rows, rows are split.
 FILL_PROGRAMS_PER_SM = 4
@@ -82,7 +85,7 @@ def _next_pow2(n: int) -> int:
 
 
 def _warps(block: int) -> int:
-    # ~16 float32 values per thread per live block (32 at the 16384 maximum); 4..16 warps
+    # 16 float32 values per thread per live block (see SINGLE_BLOCK_MAX); 4..16 warps
     return max(4, min(16, block // 512))
 
 
@@ -96,7 +99,6 @@ def _sm_count(device: torch.device) -> int:
 def plan_launch(
     rows: int,
     classes: int,
-    element_size: int,
     *,
     sm_count: int = 1,
     variant: str = "auto",
@@ -107,7 +109,7 @@ def plan_launch(
 
     The rule for ``variant="auto"``:
 
-    1. ``classes <= SINGLE_BLOCK_MAX`` (16384): ``row``, whole row in one block (the logits
+    1. ``classes <= SINGLE_BLOCK_MAX`` (8192): ``row``, whole row in one block (the logits
        are read once; splitting would add a second read).
     2. otherwise ``n_split = max(fill, long)`` capped by ``ceil(classes / SPLIT_MIN_CHUNK)``:
 
@@ -127,7 +129,7 @@ def plan_launch(
         raise ValueError(f"block_size must be a power of two, got {block_size!r}")
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-    stream_block = max(16, STREAM_BLOCK_BYTES // max(1, element_size))
+    stream_block = STREAM_BLOCK
     whole = _next_pow2(classes)
 
     n_split = 1
@@ -316,7 +318,7 @@ def cross_entropy_fwd(
     if rows == 0:
         return losses
     plan = plan_launch(
-        rows, classes, logits.element_size(), sm_count=_sm_count(device),
+        rows, classes, sm_count=_sm_count(device),
         variant=variant, block_size=block_size, chunk_size=chunk_size,
     )
     k = _kernel_module()
