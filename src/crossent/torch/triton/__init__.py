@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from typing import Any
 
 __all__ = [
@@ -27,31 +28,35 @@ __all__ = [
 ]
 
 
+def _env_interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
 def interpreter_enabled() -> bool:
-    """True when Triton's interpreter is switched on (``TRITON_INTERPRET=1``).
+    """True when Triton runs kernels with its interpreter (CPU tensors allowed).
 
-    Triton reads the variable when a kernel is *defined*; our kernel module is re-imported
-    when the setting no longer matches (see ``cross_entropy._kernel_module``).
+    Triton fixes the mode when it is *imported* (its own ``tl.sum``, ``tl.max`` are defined
+    then), so once triton is imported this reports the mode it was imported in, whatever
+    ``TRITON_INTERPRET`` says now; before that, it reports what the variable will select.
+    Checking does not import triton.
     """
+    if "triton" not in sys.modules:
+        return _env_interpret()
     try:
-        from triton import knobs
+        import triton.language.standard as standard
+        from triton.runtime.interpreter import InterpretedFunction
+    except ImportError:  # a Triton without these modules: trust the variable
+        return _env_interpret()
+    return isinstance(standard.sum, InterpretedFunction)
 
-        return bool(knobs.runtime.interpret)
-    except (ImportError, AttributeError):  # older Triton without knobs
-        return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
-
-def _missing(device: Any = None) -> str | None:
+def _missing(device: Any = None, allow_interpreter: bool = True) -> str | None:
     """What stops the kernels from running on ``device`` (None: any device), or None."""
-    if importlib.util.find_spec("triton") is None:
+    if "triton" not in sys.modules and importlib.util.find_spec("triton") is None:
         return "the 'triton' package is not installed (pip install 'crossent[triton]')"
-    try:
-        import triton  # noqa: F401
-    except Exception as exc:  # a broken install raises all sorts of things
-        return f"'import triton' failed: {type(exc).__name__}: {exc}"
     import torch
 
-    interpret = interpreter_enabled()
+    interpret = allow_interpreter and interpreter_enabled()
     if device is None:
         if interpret or torch.cuda.is_available():
             return None
@@ -64,6 +69,13 @@ def _missing(device: Any = None) -> str | None:
     if device.type == "cpu":
         if interpret:
             return None
+        if not allow_interpreter:
+            return "the Triton kernels run on CUDA devices; CPU tensors are not accepted here"
+        if _env_interpret():  # set, but too late
+            return (
+                "TRITON_INTERPRET=1 was set after triton had been imported; Triton reads it "
+                "at import, so set it before the first 'import triton'"
+            )
         return (
             "tensors on the CPU need Triton's interpreter: set TRITON_INTERPRET=1 before "
             "triton is imported (slow; meant for tests), or move the tensors to a CUDA device"
@@ -71,11 +83,17 @@ def _missing(device: Any = None) -> str | None:
     return f"the Triton kernels run on CUDA devices (or the CPU interpreter), not on {device}"
 
 
-def is_available(device: Any = None) -> bool:
-    """Whether the Triton kernels can run: Triton importable and either a CUDA device
-    (``device`` of type ``cuda``, or any CUDA device when ``device`` is None) or
-    ``TRITON_INTERPRET=1`` for CPU tensors."""
-    return _missing(device) is None
+def is_available(device: Any = None, *, allow_interpreter: bool = True) -> bool:
+    """Whether the Triton kernels can run: Triton installed and either a CUDA device
+    (``device`` of type ``cuda``, or any CUDA device when ``device`` is None) or, for CPU
+    tensors, Triton's interpreter (``TRITON_INTERPRET=1`` before triton is imported).
+
+    ``allow_interpreter=False`` leaves the interpreter out: an ``impl="auto"`` dispatcher
+    should not send CPU tensors to a kernel that runs hundreds of times slower than the CPU
+    executor just because a test process switched the interpreter on.  Does not import
+    triton (a broken installation shows up at the first launch).
+    """
+    return _missing(device, allow_interpreter) is None
 
 
 def require_triton(device: Any = None) -> None:

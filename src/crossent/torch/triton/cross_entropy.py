@@ -22,7 +22,6 @@ Two launch variants (see :func:`plan_launch` for the rule that picks one)
 from __future__ import annotations
 
 import functools
-import importlib
 import math
 from dataclasses import dataclass
 
@@ -89,7 +88,7 @@ def _warps(block: int) -> int:
     return max(4, min(16, block // 512))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sm_count(device: torch.device) -> int:
     if device.type == "cuda" and torch.cuda.is_available():
         return int(torch.cuda.get_device_properties(device).multi_processor_count)
@@ -247,18 +246,21 @@ def _check(logits, target, params, weight, grad_scale, grad_out) -> None:
 
 
 def _kernel_module():
-    """The kernels, defined in the interpreter mode currently asked for.
+    """The kernels, checked to be of the kind (interpreted or compiled) Triton runs now.
 
-    ``triton.jit`` reads ``TRITON_INTERPRET`` when the kernel is defined; when the setting
-    changed after our kernels were imported (a test module setting it late), re-import them.
+    ``triton.jit`` reads ``TRITON_INTERPRET`` when a kernel is defined and Triton's own
+    ``tl.sum`` when triton is imported; a variable changed in between would give kernels that
+    fail deep inside Triton, so say so here instead.
     """
-    global _kernels
     from triton.runtime.interpreter import InterpretedFunction
 
     from . import interpreter_enabled
 
     if isinstance(_kernels.ce_row_kernel, InterpretedFunction) != interpreter_enabled():
-        _kernels = importlib.reload(_kernels)
+        raise RuntimeError(
+            "TRITON_INTERPRET changed between importing triton and importing "
+            "crossent.torch.triton; set it once, before the first 'import triton'"
+        )
     return _kernels
 
 
