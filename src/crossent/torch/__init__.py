@@ -7,7 +7,15 @@ are used for CUDA tensors when triton is installed.
 from __future__ import annotations
 
 from .functional import cross_entropy
-from .modules import CrossEntropyLoss
-from .reference import cross_entropy_ref
+from .linear import linear_cross_entropy
+from .modules import CrossEntropyLoss, LinearCrossEntropyLoss
+from .reference import cross_entropy_ref, linear_cross_entropy_ref
 
-__all__ = ["cross_entropy", "CrossEntropyLoss", "cross_entropy_ref"]
+__all__ = [
+    "cross_entropy",
+    "CrossEntropyLoss",
+    "linear_cross_entropy",
+    "LinearCrossEntropyLoss",
+    "cross_entropy_ref",
+    "linear_cross_entropy_ref",
+]

@@ -140,7 +140,7 @@ def cross_entropy_rows_torch(
     z_weight_all = None
     if params.z_loss:
         z_weight_all = (w_y * params.z_loss) if not params.probability else None
-    scale_all = grad_scale.to(cd)
+    scale_all = grad_scale.to(cd) if grad_scale is not None else None
     block = max(1, TORCH_BLOCK_ELEMENTS // classes)
     for s in range(0, rows, block):
         e = min(s + block, rows)

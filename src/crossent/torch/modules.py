@@ -7,6 +7,7 @@ from torch import nn
 
 from .. import _semantics as sem
 from .functional import cross_entropy
+from .linear import linear_cross_entropy
 
 
 class CrossEntropyLoss(nn.Module):
@@ -54,3 +55,36 @@ class CrossEntropyLoss(nn.Module):
         if self.impl != "auto":
             extras.append(f"impl={self.impl!r}")
         return ", ".join(extras)
+
+
+class LinearCrossEntropyLoss(nn.Module):
+    """Loss module for :func:`crossent.torch.linear_cross_entropy`: call it with hidden states,
+    the classifier weight and targets, ``loss_fn(h, W, y, linear_bias=b)``.
+
+    Mirrors ``torch.nn.LinearCrossEntropyLoss``'s options; holds no parameters itself.
+    """
+
+    def __init__(self, weight: torch.Tensor | None = None, reduction: str = "mean",
+                 ignore_index: int | None = -100, label_smoothing: float = 0.0, *,
+                 z_loss: float = 0.0, softcap: float | None = None,
+                 chunk_size: int | None = None, options: object = None,
+                 impl: str = "auto") -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.reduction = sem.check_reduction(reduction)
+        self.ignore_index = ignore_index
+        self.label_smoothing = sem.check_label_smoothing(label_smoothing)
+        self.z_loss = sem.check_z_loss(z_loss)
+        self.softcap = sem.check_softcap(softcap)
+        self.chunk_size = chunk_size
+        self.options = options
+        self.impl = impl
+
+    def forward(self, input: torch.Tensor, linear_weight: torch.Tensor, target: torch.Tensor,
+                linear_bias: torch.Tensor | None = None) -> torch.Tensor:
+        return linear_cross_entropy(
+            input, linear_weight, target, linear_bias=linear_bias, weight=self.weight,
+            reduction=self.reduction, ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing, z_loss=self.z_loss, softcap=self.softcap,
+            chunk_size=self.chunk_size, options=self.options, impl=self.impl,
+        )

@@ -44,3 +44,24 @@ def cross_entropy_ref(
         denominator = sem.mean_denominator_index(w_n)
     per_element = per_element + z_loss * w_n * lse * lse
     return sem.reduce_loss(per_element, reduction, denominator)
+
+
+def linear_cross_entropy_ref(
+    input: torch.Tensor, linear_weight: torch.Tensor, target: torch.Tensor, *,
+    linear_bias: torch.Tensor | None = None, weight: torch.Tensor | None = None,
+    reduction: str = "mean", ignore_index: int = -100, label_smoothing: float = 0.0,
+    z_loss: float = 0.0, softcap: float | None = None, dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
+    """The naive op: full logits ``input @ linear_weight.T + linear_bias`` in ``dtype``, rows
+    flattened with classes last, then :func:`cross_entropy_ref`."""
+    vocab = linear_weight.shape[0]
+    logits = F.linear(input.to(dtype), linear_weight.to(dtype),
+                      linear_bias.to(dtype) if linear_bias is not None else None)
+    lead = tuple(input.shape[:-1])
+    probability = tuple(target.shape) == lead + (vocab,)
+    rows = logits.reshape(-1, vocab) if lead else logits
+    rows_target = (target.reshape(-1, vocab) if probability else target.reshape(-1)) if lead \
+        else target
+    loss = cross_entropy_ref(rows, rows_target, weight, ignore_index, reduction,
+                             label_smoothing, z_loss=z_loss, softcap=softcap, dtype=dtype)
+    return loss.reshape(lead) if reduction == "none" else loss
