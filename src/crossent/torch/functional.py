@@ -61,16 +61,16 @@ class _FusedCrossEntropy(torch.autograd.Function):
                 "does not support double backward (create_graph=True); use "
                 "torch.nn.functional.cross_entropy for higher-order gradients"
             )
+        if ctx.inplace and ctx.used and not torch.compiler.is_compiling():
+            # the first backward scaled the gradient where it lies; a second would scale twice
+            raise RuntimeError(
+                "cross_entropy(..., inplace_backward=True) can be back-propagated once; "
+                "retain_graph=True and a second backward need inplace_backward=False"
+            )
         (grad,) = ctx.saved_tensors
         scale = grad_output.reshape(-1) if grad_output.ndim else grad_output
         if ctx.inplace:
-            # The caller gave up the logits' memory: scale the gradient where it lies.  A
-            # second backward through the same graph would scale it twice, so refuse it.
-            if ctx.used and not torch.compiler.is_compiling():
-                raise RuntimeError(
-                    "cross_entropy(..., inplace_backward=True) can be back-propagated once; "
-                    "retain_graph=True and a second backward need inplace_backward=False"
-                )
+            # the caller gave up the logits' memory: scale the gradient where it lies
             ctx.used = True
             _ops.scale_rows_(grad, scale)
             return (grad,) + (None,) * 12

@@ -173,24 +173,21 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grads = (dh if dh.numel() else None, dw.to(w_dtype) if dw.numel() else None,
                      db.to(b_dtype) if db.numel() else None)
             return (*grads,) + (None,) * 9
-        dh, dw, db = ctx.saved_tensors
         compiling = torch.compiler.is_compiling()
+        if ctx.used and not compiling:
+            raise RuntimeError(
+                "linear_cross_entropy scaled its kept gradients in place in the first "
+                "backward; a second backward through the same graph (retain_graph=True) is "
+                "only supported when the upstream gradient is exactly 1"
+            )
+        dh, dw, db = ctx.saved_tensors
         if (not compiling and grad_output.device.type == "cpu"
                 and grad_output.item() == 1.0):
-            scale_needed = False  # loss.backward(): the kept gradients are the answer
-        else:
-            scale_needed = True
-            if ctx.used and not compiling:
-                raise RuntimeError(
-                    "linear_cross_entropy scales its kept gradients in place; a second "
-                    "backward through the same graph (retain_graph=True) is only supported "
-                    "with grad_output == 1"
-                )
-            ctx.used = True
-        if not scale_needed:
+            # loss.backward(): the kept gradients are the answer, and stay reusable
             return (dh if dh.numel() else None, dw.to(w_dtype) if dw.numel() else None,
                     db.to(b_dtype) if db.numel() else None) + (None,) * 9
         in_place = not compiling
+        ctx.used = in_place
         return (_scaled(dh, grad_output, h_dtype, in_place),
                 _scaled(dw, grad_output, w_dtype, in_place),
                 _scaled(db, grad_output, b_dtype, in_place)) + (None,) * 9
