@@ -1,0 +1,744 @@
+r"""``SoftmaxRegression``: multinomial logistic regression trained on crossent's own losses.
+
+The pipeline the textbooks draw, as a scikit-learn estimator::
+
+    x  ->  z = W x + b  ->  p = softmax(z)  ->  loss(p, onehot(y))  ->  gradient step on W, b
+
+Every loss value and every gradient of the loss comes from :mod:`crossent.functional`
+(:func:`~crossent.functional.cross_entropy_with_grad` for cross-entropy; :func:`~crossent.softmax`
+for the squared-error comparison loss); this module adds only the chain rule through the
+linear layer, the L2 penalty, and the solvers.
+
+Needs scikit-learn and SciPy (``pip install "crossent[sklearn]"``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+import warnings
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+from scipy import optimize, sparse
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils import check_random_state
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+from threadpoolctl import threadpool_limits
+
+from . import _semantics as sem
+from ._kernel import num_threads
+from .functional import cross_entropy, cross_entropy_with_grad, log_softmax, softmax
+
+__all__ = ["SoftmaxRegression", "TrainingDiverged", "save_model", "load_model", "MODEL_FORMAT"]
+
+LOSSES = ("cross_entropy", "mse")
+SOLVERS = ("lbfgs", "gd", "sgd")
+# Below this many entries of X, one thread does the matrix products (a thread pool costs
+# more than it saves on digits-sized data).
+_PARALLEL_MIN_ENTRIES = 1 << 18
+
+
+# --------------------------------------------------------------------------------------------
+# The two per-sample losses on logits
+# --------------------------------------------------------------------------------------------
+
+
+def _cross_entropy_rows(z, y, weight, label_smoothing, row_scale, want_grad=True):
+    """Per-sample cross-entropies ``CE_i`` and ``row_scale_i * dCE_i/dz_i`` (the logits).
+
+    Straight from the NumPy core: ``reduction='none'`` with ``grad_output=row_scale`` gives
+    both in one fused pass.
+    """
+    if not want_grad:
+        return cross_entropy(z, y, weight=weight, reduction="none",
+                             label_smoothing=label_smoothing), None
+    return cross_entropy_with_grad(z, y, weight=weight, reduction="none",
+                                   label_smoothing=label_smoothing, grad_output=row_scale)
+
+
+def _squared_error_rows(z, y, weight, label_smoothing, row_scale, want_grad=True):
+    r"""Per-sample squared errors ``SE_i`` and ``row_scale_i * dSE_i/dz_i`` (the logits).
+
+    .. math:: \mathrm{SE}(z, y) = w_y \sum_c (\operatorname{softmax}(z)_c - t_c)^2,
+        \qquad t = (1 - \varepsilon)\,\mathrm{onehot}(y) + \varepsilon / C
+
+    This is the squared error the "why cross-entropy" argument compares against (its mean
+    over samples is the multi-class Brier score).  The NumPy core is a cross-entropy library
+    and has no squared-error loss, so the one new piece of maths lives here: the chain rule
+    through the softmax.  With ``p = crossent.softmax(z)`` and the upstream gradient
+    ``g = dSE/dp = 2 w_y (p - t)``, the softmax Jacobian ``J = diag(p) - p p^T`` is applied as
+    the vector product
+
+    .. math:: \frac{\partial \mathrm{SE}}{\partial z} = J^\top g = p \odot (g - (g \cdot p))
+
+    which costs O(C) per sample instead of forming the C x C Jacobian.  The factor ``p`` in
+    it is why squared error learns slowly when a confident prediction is wrong: as the
+    probability of the true class goes to 0 its gradient vanishes, where cross-entropy's
+    ``p - t`` stays large.
+    """
+    n, num_classes = z.shape
+    p = softmax(z, axis=1)
+    target = np.zeros_like(p)
+    target[np.arange(n), y] = 1.0
+    target = sem.smoothed_probabilities(target, label_smoothing, num_classes)
+    residual = p - target
+    w_y = np.ones(n) if weight is None else weight[y]
+    per_row = w_y * np.einsum("ij,ij->i", residual, residual)
+    if not want_grad:
+        return per_row, None
+    g = residual
+    g *= (2.0 * w_y * row_scale)[:, None]  # dSE/dp, scaled per row
+    grad = p * (g - np.einsum("ij,ij->i", g, p)[:, None])
+    return per_row, grad
+
+
+_LOSS_ROWS = {"cross_entropy": _cross_entropy_rows, "mse": _squared_error_rows}
+
+
+# --------------------------------------------------------------------------------------------
+# The training objective
+# --------------------------------------------------------------------------------------------
+
+
+class _Objective:
+    r"""The function every solver minimises, and its gradient.
+
+    .. math:: J(W, b) = \frac{1}{S} \sum_i s_i\, \ell(W x_i + b,\ y_i)
+        + \frac{\alpha}{2} \lVert W \rVert_F^2, \qquad S = \sum_i s_i
+
+    ``ell`` is the per-sample cross-entropy or squared error (times the class weight of
+    ``y_i``, with label smoothing); ``s`` are sample weights (all 1 by default, so the first
+    term is the mean loss); the intercept ``b`` is not penalised.  With ``G = dJ/dZ`` from
+    the loss functions above (rows already scaled by ``s_i / S``)::
+
+        dJ/dW = G^T X + alpha W        dJ/db = sum_i G_i
+
+    Large dense ``X`` is split into row blocks whose matrix products run on a thread pool
+    (NumPy releases the GIL in ``matmul``).
+    """
+
+    def __init__(self, X, y, n_classes, *, loss, alpha, class_weight, sample_weight,
+                 label_smoothing, pool=None):
+        self.X = X
+        self.y = y
+        self.n_classes = n_classes
+        self.n_features = X.shape[1]
+        self.loss_rows = _LOSS_ROWS[loss]
+        self.alpha = alpha
+        self.weight = class_weight
+        self.label_smoothing = label_smoothing
+        s = np.ones(X.shape[0]) if sample_weight is None else sample_weight
+        self.sample_weight = s
+        self.row_scale = s / s.sum()
+        self.pool = pool
+        self.blocks = None
+        if pool is not None and not sparse.issparse(X):
+            parts = getattr(pool, "_max_workers", 1)
+            bounds = np.linspace(0, X.shape[0], parts + 1).astype(np.int64)
+            self.blocks = [(int(a), int(c)) for a, c in zip(bounds[:-1], bounds[1:]) if c > a]
+
+    # -- the linear layer, forward and backward ----------------------------------------------
+
+    def logits(self, W, b, rows=None):
+        X = self.X if rows is None else self.X[rows]
+        if rows is None and self.blocks is not None:
+            Z = np.empty((X.shape[0], W.shape[0]))
+
+            def part(a, c):
+                np.matmul(X[a:c], W.T, out=Z[a:c])
+
+            list(self.pool.map(lambda ac: part(*ac), self.blocks))
+        else:
+            Z = np.asarray(X @ W.T)
+        Z += b
+        return Z
+
+    def weight_grad(self, G, rows=None):
+        X = self.X if rows is None else self.X[rows]
+        if sparse.issparse(X):
+            return np.asarray(X.T @ G).T
+        if rows is None and self.blocks is not None:
+            parts = self.pool.map(lambda ac: G[ac[0]:ac[1]].T @ X[ac[0]:ac[1]], self.blocks)
+            return sum(parts)
+        return G.T @ X
+
+    # -- J and its gradient -----------------------------------------------------------------
+
+    def value_and_grad(self, W, b, rows=None):
+        """``(J, dJ/dW, dJ/db)``, on all samples or on the minibatch ``rows``."""
+        Z = self.logits(W, b, rows)
+        if rows is None:
+            y, scale = self.y, self.row_scale
+        else:
+            y, s = self.y[rows], self.sample_weight[rows]
+            scale = s / s.sum()
+        per_row, G = self.loss_rows(Z, y, self.weight, self.label_smoothing, scale)
+        data_term = float(per_row @ scale)
+        gW = self.weight_grad(G, rows)
+        gW += self.alpha * W
+        value = data_term + 0.5 * self.alpha * float(np.vdot(W, W))
+        return value, gW, G.sum(axis=0)
+
+    def value(self, W, b):
+        """``J`` on all samples, without the gradient."""
+        Z = self.logits(W, b)
+        per_row, _ = self.loss_rows(Z, self.y, self.weight, self.label_smoothing,
+                                    self.row_scale, want_grad=False)
+        return float(per_row @ self.row_scale) + 0.5 * self.alpha * float(np.vdot(W, W))
+
+    def flat(self, theta):
+        """``value_and_grad`` on one flat vector ``[W.ravel(), b]`` (for SciPy)."""
+        W, b = self.unflatten(theta)
+        value, gW, gb = self.value_and_grad(W, b)
+        return value, np.concatenate([gW.ravel(), gb])
+
+    def unflatten(self, theta):
+        k, d = self.n_classes, self.n_features
+        return theta[: k * d].reshape(k, d), theta[k * d:]
+
+    def smoothness(self):
+        r"""An estimate of ``L``, the Lipschitz constant of ``dJ/d(W, b)`` for cross-entropy.
+
+        The Hessian of ``CE(z)`` in ``z`` is ``diag(p) - p p^T``, whose eigenvalues never exceed
+        1/2 (Böhning's bound), so ``L <= lambda_max(X1^T D X1) / 2 + alpha`` with ``X1 = [X, 1]``
+        and ``D = diag(s_i A_i / S)`` (``A_i`` the class weight of the sample).  The largest
+        eigenvalue comes from 50 steps of power iteration (seeded, so fits are reproducible).
+        """
+        d = self.n_features
+        row = self.row_scale * self._coef_sum()
+        v = np.random.default_rng(0).standard_normal(d + 1)
+        lam = 0.0
+        for _ in range(50):
+            v /= np.linalg.norm(v)
+            u = np.asarray(self.X @ v[:d]).ravel() + v[d]
+            u *= row
+            w = np.concatenate([np.asarray(self.X.T @ u).ravel(), [u.sum()]])
+            new = float(np.linalg.norm(w))
+            if abs(new - lam) <= 1e-4 * new:
+                lam = new
+                break
+            lam, v = new, w
+        return 0.5 * lam + self.alpha
+
+    def _coef_sum(self):
+        if self.weight is None:
+            return 1.0
+        eps, k = self.label_smoothing, self.n_classes
+        return (1.0 - eps) * self.weight[self.y] + eps / k * self.weight.sum()
+
+
+# --------------------------------------------------------------------------------------------
+# The estimator
+# --------------------------------------------------------------------------------------------
+
+
+def _check_number(name, value, *, low=None, high=None, low_open=False, high_open=False,
+                  integer=False, allow=()):
+    """Raise ``ValueError`` naming ``name``, the allowed range and what arrived."""
+    if any(value is a or (isinstance(value, str) and value == a) for a in allow):
+        return value
+    kind = numbers.Integral if integer else numbers.Real
+    ok = isinstance(value, kind) and not isinstance(value, bool)
+    if ok and not integer:
+        ok = math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        lo = "" if low is None else f"{'(' if low_open else '['}{low}, "
+        hi = "inf)" if high is None else f"{high}{')' if high_open else ']'}"
+        what = "an integer" if integer else "a number"
+        also = "".join(f" or {a!r}" for a in allow)
+        rng = f" in {lo}{hi}" if lo else ""
+        raise ValueError(f"{name} must be {what}{rng}{also}, got {value!r}")
+    return value
+
+
+class SoftmaxRegression(ClassifierMixin, BaseEstimator):
+    r"""Multinomial logistic (softmax) regression, trained on crossent's NumPy losses.
+
+    Minimises
+
+    .. math:: J(W, b) = \frac{1}{\sum_i s_i} \sum_i s_i\, w_{y_i}\, \ell\big(
+        \operatorname{softmax}(W x_i + b),\ y_i\big) + \frac{\alpha}{2} \lVert W \rVert_F^2
+
+    where ``ell`` is the cross-entropy ``-log p_y`` (``loss="cross_entropy"``) or the squared
+    error ``sum_c (p_c - onehot(y)_c)^2`` (``loss="mse"``, for comparison), ``s`` are sample
+    weights, ``w`` class weights, and the intercept is not penalised.  With the defaults it is
+    the model ``LogisticRegression`` fits: ``LogisticRegression(C=C)`` on ``n`` samples is
+    ``SoftmaxRegression(alpha=1 / (C * n))``.
+
+    Parameters
+    ----------
+    loss : {"cross_entropy", "mse"}, default="cross_entropy"
+        The per-sample loss on the softmax probabilities.
+    solver : {"lbfgs", "gd", "sgd"}, default="lbfgs"
+        ``"lbfgs"``: SciPy's L-BFGS-B on the full objective.  ``"gd"``: full-batch gradient
+        descent with momentum.  ``"sgd"``: minibatch gradient descent with momentum, samples
+        shuffled every epoch with ``random_state``.
+    alpha : float, default=1e-3
+        L2 penalty on ``W`` (not on the intercept).  ``0`` turns it off.
+    max_iter : int, default=1000
+        Iterations (``lbfgs``, ``gd``) or epochs (``sgd``).
+    tol : float or None, default=1e-4
+        ``lbfgs`` and ``gd`` stop once every entry of the objective's gradient is at most
+        ``tol`` in absolute value; ``sgd`` stops once the training objective has not improved
+        by more than ``tol`` for ``n_iter_no_change`` epochs in a row.  ``None`` runs all
+        ``max_iter``.
+    label_smoothing : float, default=0.0
+        ``eps`` in [0, 1]: the one-hot target becomes ``(1 - eps) onehot + eps / C``.
+    class_weight : dict, "balanced" or None, default=None
+        Weights ``w`` per class label (missing labels get 1).  ``"balanced"`` gives class ``k``
+        the weight ``S / (C * S_k)``, ``S_k`` the (sample-weighted) count of class ``k``.
+    batch_size : int, default=64
+        Minibatch size for ``sgd`` (capped at the number of samples).
+    learning_rate : float or "auto", default="auto"
+        Step size for ``gd`` and ``sgd``.  ``"auto"`` is ``1 / L`` with ``L`` an estimate of
+        the gradient's Lipschitz constant for cross-entropy (see Notes); the value used is
+        stored in ``learning_rate_``.
+    momentum : float, default=0.9
+        Heavy-ball momentum in [0, 1) for ``gd`` and ``sgd``: ``v = momentum * v - lr * grad``.
+    n_iter_no_change : int, default=10
+        ``sgd`` stops after this many epochs without an improvement larger than ``tol``
+        (the objective oscillates under momentum, so one bad epoch is not enough).
+    random_state : int, RandomState instance or None, default=None
+        Seeds the ``sgd`` shuffling.
+    verbose : int, default=0
+        Print the objective after every iteration when positive.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        The class labels, sorted.
+    coef_ : ndarray of shape (n_classes, n_features), or (1, n_features) for two classes
+        ``W``.  For two classes, the single row is ``W[1] - W[0]`` (as in LogisticRegression),
+        so ``decision_function > 0`` predicts ``classes_[1]``.
+    intercept_ : ndarray of shape (n_classes,), or (1,) for two classes
+        ``b`` (centred to sum to 0), or ``b[1] - b[0]`` for two classes.
+    n_iter_ : int
+        Iterations (``lbfgs``, ``gd``) or epochs (``sgd``) run.
+    n_features_in_ : int
+        Number of features seen in ``fit``.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Column names, when ``X`` was a DataFrame with string column names.
+    loss_curve_ : list of float
+        The training objective ``J`` after each iteration or epoch.
+    learning_rate_ : float
+        The step size used (``gd`` and ``sgd`` only).
+
+    Notes
+    -----
+    ``learning_rate="auto"``: the Hessian of the cross-entropy in the logits is
+    ``diag(p) - p p^T`` and never exceeds ``I / 2`` (Böhning), so the objective's gradient is
+    ``L``-Lipschitz with ``L <= lambda_max(X1^T D X1) / 2 + alpha``, ``X1 = [X, 1]``,
+    ``D = diag(s_i w_i / S)``; the largest eigenvalue is estimated by power iteration.  The
+    same step is used for ``loss="mse"``, so the two losses are compared at equal steps.
+
+    While fitting, BLAS runs on one thread and the matrix products on large data are split
+    over crossent's own threads (``CROSSENT_NUM_THREADS``): on small machines OpenBLAS's
+    spinning threads and the fused loss kernel's threads otherwise slow each other down
+    several times over.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> from sklearn.model_selection import train_test_split
+    >>> from crossent import SoftmaxRegression
+    >>> X, y = load_digits(return_X_y=True)
+    >>> X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.2, random_state=0)
+    >>> model = SoftmaxRegression().fit(X_train, y_train)
+    >>> round(model.score(X_test, y_test), 4)
+    0.9722
+    """
+
+    def __init__(self, loss="cross_entropy", *, solver="lbfgs", alpha=1e-3, max_iter=1000,
+                 tol=1e-4, label_smoothing=0.0, class_weight=None, batch_size=64,
+                 learning_rate="auto", momentum=0.9, n_iter_no_change=10, random_state=None,
+                 verbose=0):
+        self.loss = loss
+        self.solver = solver
+        self.alpha = alpha
+        self.max_iter = max_iter
+        self.tol = tol
+        self.label_smoothing = label_smoothing
+        self.class_weight = class_weight
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.momentum = momentum
+        self.n_iter_no_change = n_iter_no_change
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # -- checks ------------------------------------------------------------------------------
+
+    def _check_params(self):
+        name = type(self).__name__
+        if self.loss not in LOSSES:
+            raise ValueError(f"{name}: loss must be one of {', '.join(map(repr, LOSSES))}, "
+                             f"got {self.loss!r}")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"{name}: solver must be one of {', '.join(map(repr, SOLVERS))}, "
+                             f"got {self.solver!r}")
+        _check_number(f"{name}: alpha", self.alpha, low=0)
+        _check_number(f"{name}: max_iter", self.max_iter, low=1, integer=True)
+        _check_number(f"{name}: tol", self.tol, low=0, allow=(None,))
+        _check_number(f"{name}: label_smoothing", self.label_smoothing, low=0, high=1)
+        _check_number(f"{name}: batch_size", self.batch_size, low=1, integer=True)
+        _check_number(f"{name}: learning_rate", self.learning_rate, low=0, low_open=True,
+                      allow=("auto",))
+        _check_number(f"{name}: momentum", self.momentum, low=0, high=1, high_open=True)
+        _check_number(f"{name}: n_iter_no_change", self.n_iter_no_change, low=1, integer=True)
+        _check_number(f"{name}: verbose", self.verbose, low=0, integer=True)
+        cw = self.class_weight
+        if not (cw is None or cw == "balanced" or isinstance(cw, dict)):
+            raise ValueError(f"{name}: class_weight must be None, 'balanced' or a dict "
+                             f"{{label: weight}}, got {cw!r}")
+
+    def _class_weights(self, y_idx, sample_weight):
+        cw = self.class_weight
+        k = len(self.classes_)
+        if cw is None:
+            return None
+        if isinstance(cw, str):  # "balanced"
+            counts = np.bincount(y_idx, weights=sample_weight, minlength=k)
+            return sample_weight.sum() / (k * counts)
+        unknown = [label for label in cw if label not in set(self.classes_.tolist())]
+        if unknown:
+            raise ValueError(f"class_weight names labels that are not classes of y: {unknown!r} "
+                             f"(classes: {self.classes_.tolist()!r})")
+        weights = np.ones(k)
+        for i, label in enumerate(self.classes_.tolist()):
+            if label in cw:
+                weights[i] = _check_number(f"class_weight[{label!r}]", cw[label], low=0)
+        return weights
+
+    @staticmethod
+    def _sample_weight(sample_weight, n):
+        if sample_weight is None:
+            return np.ones(n)
+        try:
+            s = np.asarray(sample_weight, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"sample_weight must be an array of numbers, got "
+                             f"{type(sample_weight).__name__}") from None
+        if s.ndim == 0:
+            s = np.full(n, float(s))
+        if s.shape != (n,):
+            raise ValueError(f"sample_weight must have shape ({n},) (one weight per sample), "
+                             f"got shape {s.shape}")
+        if not np.all(np.isfinite(s)) or np.any(s < 0):
+            raise ValueError("sample_weight must hold finite, non-negative numbers")
+        if s.sum() <= 0:
+            raise ValueError("sample_weight must not be all zero")
+        return s
+
+    # -- fit ---------------------------------------------------------------------------------
+
+    def fit(self, X, y, sample_weight=None, *, callback: Callable[[Any], Any] | None = None):
+        """Fit the model to ``X`` of shape (n_samples, n_features) and labels ``y``.
+
+        ``callback(model)``, if given, is called after every iteration (epoch for ``sgd``)
+        with ``coef_``, ``intercept_``, ``n_iter_`` and ``loss_curve_`` set to their current
+        values, so it can evaluate the model as it trains.  Returns ``self``.
+        """
+        self._check_params()
+        X, y = validate_data(self, X, y, accept_sparse="csr", dtype=np.float64)
+        check_classification_targets(y)
+        self.classes_, y_idx = np.unique(y, return_inverse=True)
+        y_idx = y_idx.astype(np.int64)
+        if len(self.classes_) < 2:
+            raise ValueError(
+                f"y contains only one class ({self.classes_[0]!r}); {type(self).__name__} "
+                "needs samples of at least 2 classes"
+            )
+        s = self._sample_weight(sample_weight, X.shape[0])
+        class_weight = self._class_weights(y_idx, s)
+        k, d = len(self.classes_), X.shape[1]
+        threads = num_threads()
+        big = threads > 1 and not sparse.issparse(X) and X.size >= _PARALLEL_MIN_ENTRIES
+        self.loss_curve_ = []
+        self.n_iter_ = 0
+        with threadpool_limits(limits=1, user_api="blas"), \
+                ThreadPoolExecutor(threads) if big else _NoPool() as pool:
+            objective = _Objective(
+                X, y_idx, k, loss=self.loss, alpha=float(self.alpha),
+                class_weight=class_weight, sample_weight=None if sample_weight is None else s,
+                label_smoothing=float(self.label_smoothing), pool=pool if big else None,
+            )
+            W, b = np.zeros((k, d)), np.zeros(k)
+            solve = {"lbfgs": self._fit_lbfgs, "gd": self._fit_gd, "sgd": self._fit_sgd}
+            W, b = solve[self.solver](objective, W, b, callback)
+        self._set_weights(W, b)
+        return self
+
+    def _set_weights(self, W, b):
+        if W.shape[0] == 2:
+            self.coef_ = (W[1] - W[0])[None, :]
+            self.intercept_ = np.array([b[1] - b[0]])
+        else:
+            self.coef_ = W.copy()
+            self.intercept_ = b - b.mean()
+
+    def _after_iteration(self, W, b, value, callback):
+        self.n_iter_ += 1
+        self.loss_curve_.append(float(value))
+        if self.verbose:
+            print(f"{type(self).__name__} {self.solver} iteration {self.n_iter_}: "
+                  f"objective {value:.6f}")
+        if callback is not None:
+            self._set_weights(W, b)
+            callback(self)
+
+    def _fit_lbfgs(self, objective, W, b, callback):
+        def on_iteration(intermediate_result):
+            Wi, bi = objective.unflatten(intermediate_result.x)
+            self._after_iteration(Wi, bi, intermediate_result.fun, callback)
+
+        result = optimize.minimize(
+            objective.flat, np.concatenate([W.ravel(), b]), jac=True, method="L-BFGS-B",
+            callback=on_iteration,
+            options={
+                "maxiter": self.max_iter,
+                "maxls": 50,
+                "gtol": 0.0 if self.tol is None else self.tol,
+                "ftol": 64 * np.finfo(float).eps,
+            },
+        )
+        if not result.success and self.tol is not None:
+            warnings.warn(
+                f"lbfgs did not converge after {self.n_iter_} iterations ({result.message}); "
+                "raise max_iter, or scale the features",
+                ConvergenceWarning, stacklevel=3,
+            )
+        return objective.unflatten(result.x)
+
+    def _step_size(self, objective):
+        if self.learning_rate == "auto":
+            self.learning_rate_ = 1.0 / objective.smoothness()
+        else:
+            self.learning_rate_ = float(self.learning_rate)
+        return self.learning_rate_
+
+    def _fit_gd(self, objective, W, b, callback):
+        lr, beta = self._step_size(objective), float(self.momentum)
+        vW, vb = np.zeros_like(W), np.zeros_like(b)
+        value, gW, gb = objective.value_and_grad(W, b)
+        converged = self.tol is not None and max(np.abs(gW).max(), np.abs(gb).max()) <= self.tol
+        while not converged and self.n_iter_ < self.max_iter:
+            vW *= beta
+            vW -= lr * gW
+            vb *= beta
+            vb -= lr * gb
+            W, b = W + vW, b + vb
+            value, gW, gb = objective.value_and_grad(W, b)
+            if not np.isfinite(value):
+                raise TrainingDiverged(_diverged(self, "gd"))
+            self._after_iteration(W, b, value, callback)
+            converged = (self.tol is not None
+                         and max(np.abs(gW).max(), np.abs(gb).max()) <= self.tol)
+        if not converged and self.tol is not None:
+            warnings.warn(f"gd did not converge after {self.n_iter_} iterations (largest "
+                          f"gradient entry still above tol={self.tol}); raise max_iter",
+                          ConvergenceWarning, stacklevel=3)
+        return W, b
+
+    def _fit_sgd(self, objective, W, b, callback):
+        lr, beta = self._step_size(objective), float(self.momentum)
+        rng = check_random_state(self.random_state)
+        n = objective.X.shape[0]
+        batch = min(int(self.batch_size), n)
+        vW, vb = np.zeros_like(W), np.zeros_like(b)
+        best, stalled = np.inf, 0
+        while self.n_iter_ < self.max_iter:
+            order = rng.permutation(n)
+            for start in range(0, n, batch):
+                rows = np.sort(order[start:start + batch])
+                if not objective.sample_weight[rows].any():
+                    continue
+                _, gW, gb = objective.value_and_grad(W, b, rows)
+                vW *= beta
+                vW -= lr * gW
+                vb *= beta
+                vb -= lr * gb
+                W += vW
+                b += vb
+            value = objective.value(W, b)
+            if not np.isfinite(value):
+                raise TrainingDiverged(_diverged(self, "sgd"))
+            self._after_iteration(W, b, value, callback)
+            if self.tol is not None:
+                stalled = stalled + 1 if value > best - self.tol else 0
+                best = min(best, value)
+                if stalled >= self.n_iter_no_change:
+                    return W, b
+        if self.tol is not None:
+            warnings.warn(f"sgd did not converge after {self.n_iter_} epochs (the objective "
+                          f"still improved by more than tol={self.tol}); raise max_iter",
+                          ConvergenceWarning, stacklevel=3)
+        return W, b
+
+    # -- predict -----------------------------------------------------------------------------
+
+    def decision_function(self, X):
+        """Logits ``X @ coef_.T + intercept_``: (n_samples, n_classes), or (n_samples,) for
+        two classes (the logit of ``classes_[1]`` against ``classes_[0]``)."""
+        check_is_fitted(self)
+        X = validate_data(self, X, accept_sparse="csr", dtype=np.float64, reset=False)
+        scores = np.asarray(X @ self.coef_.T) + self.intercept_
+        return scores.ravel() if scores.shape[1] == 1 else scores
+
+    def _logits(self, X):
+        z = self.decision_function(X)
+        if z.ndim == 1:
+            return np.column_stack([np.zeros_like(z), z])
+        return z
+
+    def predict_proba(self, X):
+        """Class probabilities ``softmax(logits)``, shape (n_samples, n_classes)."""
+        return softmax(self._logits(X), axis=1)
+
+    def predict_log_proba(self, X):
+        """Log-probabilities ``log_softmax(logits)`` (exact, also where ``p`` underflows)."""
+        return log_softmax(self._logits(X), axis=1)
+
+    def predict(self, X):
+        """The most probable class label per sample."""
+        logits = self._logits(X)
+        return self.classes_[np.argmax(logits, axis=1)]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        return tags
+
+
+class _NoPool:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+class TrainingDiverged(ValueError, FloatingPointError):
+    """Gradient descent blew up: the objective stopped being finite (step size too large)."""
+
+
+def _diverged(model, solver):
+    return (f"{solver} diverged (the objective is no longer finite); lower learning_rate "
+            f"(it was {model.learning_rate_:.4g}) or scale the features")
+
+
+# --------------------------------------------------------------------------------------------
+# Saving and loading, without pickle
+# --------------------------------------------------------------------------------------------
+
+MODEL_FORMAT = "crossent.SoftmaxRegression/1"
+_PARAMS = ("loss", "solver", "alpha", "max_iter", "tol", "label_smoothing", "batch_size",
+           "learning_rate", "momentum", "n_iter_no_change")
+
+
+def save_model(model: SoftmaxRegression, file: Any, *, feature_names: Any = None,
+               metadata: dict | None = None) -> None:
+    """Write a fitted model to ``file`` (a path or a binary file object) as ``.npz``.
+
+    The file holds plain arrays only (``coef``, ``intercept``, ``classes``, and
+    ``feature_names``: the given ones, else ``feature_names_in_`` when the model has them)
+    plus one JSON string ``meta`` with the parameters and ``metadata``; :func:`load_model`
+    reads it back with ``allow_pickle=False``.  Class labels must be numbers or strings.
+    """
+    check_is_fitted(model)
+    classes = np.asarray(model.classes_)
+    if classes.dtype.kind == "O":
+        try:
+            classes = classes.astype(str)
+        except (TypeError, ValueError):
+            raise TypeError("class labels must be numbers or strings to be saved") from None
+    if classes.dtype.kind not in "biufU":
+        raise TypeError(f"class labels must be numbers or strings to be saved, got "
+                        f"{classes.dtype}")
+    names_in = getattr(model, "feature_names_in_", None)
+    names = feature_names if feature_names is not None else names_in
+    meta = {
+        **(metadata or {}),
+        "format": MODEL_FORMAT,
+        "params": {p: getattr(model, p) for p in _PARAMS},
+        "n_iter": int(model.n_iter_),
+        "feature_names_in": feature_names is None and names_in is not None,
+    }
+    arrays = {
+        "coef": np.ascontiguousarray(model.coef_, dtype=np.float64),
+        "intercept": np.ascontiguousarray(model.intercept_, dtype=np.float64),
+        "classes": classes,
+        "meta": np.array(json.dumps(meta)),
+    }
+    if names is not None:
+        names = np.asarray(names, dtype=str)
+        if names.shape != (model.coef_.shape[1],):
+            raise ValueError(f"feature_names must name the {model.coef_.shape[1]} features, "
+                             f"got {names.shape[0] if names.ndim == 1 else names.shape} names")
+        arrays["feature_names"] = names
+    if isinstance(file, (str, os.PathLike)):
+        with open(file, "wb") as fh:
+            np.savez(fh, **arrays)
+    else:
+        np.savez(file, **arrays)
+
+
+def load_model(file: Any) -> tuple[SoftmaxRegression, dict]:
+    """Read a model written by :func:`save_model`: ``(model, meta)``.
+
+    ``meta`` is the metadata given to :func:`save_model` plus ``params``, ``n_iter`` and
+    ``feature_names`` (a list, or None).  Raises ``ValueError`` naming the file when it is
+    not such a model.
+    """
+    name = os.fspath(file) if isinstance(file, (str, os.PathLike)) else "model file"
+    try:
+        with np.load(file, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except (ValueError, OSError, EOFError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise ValueError(f"{name} is not a crossent model (.npz): {exc}") from None
+    missing = [k for k in ("coef", "intercept", "classes", "meta") if k not in arrays]
+    if missing:
+        raise ValueError(f"{name} is not a crossent model: it lacks {', '.join(missing)}")
+    try:
+        meta = json.loads(str(arrays["meta"]))
+    except ValueError:
+        raise ValueError(f"{name} is not a crossent model: its metadata is not JSON") from None
+    if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{name} is not a crossent model: format "
+                         f"{meta.get('format') if isinstance(meta, dict) else None!r}, "
+                         f"expected {MODEL_FORMAT!r}")
+    coef, intercept, classes = arrays["coef"], arrays["intercept"], arrays["classes"]
+    k = len(classes)
+    rows = 1 if k == 2 else k
+    if (classes.ndim != 1 or k < 2 or coef.ndim != 2 or coef.shape[0] != rows
+            or intercept.shape != (rows,)):
+        raise ValueError(f"{name} is not a valid crossent model: coef {coef.shape}, "
+                         f"intercept {intercept.shape}, {k} classes")
+    params = {p: v for p, v in meta.get("params", {}).items() if p in _PARAMS}
+    model = SoftmaxRegression(**params)
+    model.classes_ = classes
+    model.coef_ = coef
+    model.intercept_ = intercept
+    model.n_features_in_ = coef.shape[1]
+    model.n_iter_ = int(meta.get("n_iter", 0))
+    model.loss_curve_ = []
+    names = arrays.get("feature_names")
+    if names is not None and names.shape != (coef.shape[1],):
+        raise ValueError(f"{name} is not a valid crossent model: {names.shape} feature names "
+                         f"for {coef.shape[1]} features")
+    meta["feature_names"] = None if names is None else names.tolist()
+    if names is not None and meta.get("feature_names_in"):
+        model.feature_names_in_ = names.astype(object)
+    return model, meta
