@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 # Sub-commands in the order ``crossent --help`` lists them; each names its module.
-COMMANDS = ("explain",)
+COMMANDS = ("train", "evaluate", "predict", "score", "compare", "plot", "explain")
 
 
 class UsageError(Exception):

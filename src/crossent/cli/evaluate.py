@@ -1,0 +1,90 @@
+"""``crossent evaluate``: how well a saved model does on labelled data.
+
+Prints the log loss and accuracy (the same functions as ``crossent score``), the precision
+and recall of every class, and the confusion matrix.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from . import _common as common
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="score a saved model on labelled data: log loss, accuracy, per-class "
+        "precision and recall, confusion matrix",
+        description="Score a model saved by 'crossent train --out' on labelled data: log "
+        "loss, accuracy, precision and recall per class, and the confusion matrix.",
+    )
+    p.add_argument("--model", required=True, metavar="MODEL.npz",
+                   help="a model saved by 'crossent train --out'")
+    p.add_argument("--data", required=True, metavar="FILE",
+                   help=f"labelled data: {common.FORMATS_HELP}; the feature columns are "
+                   "found by the names the model was trained with")
+    p.add_argument("--target", metavar="COLUMN",
+                   help="the label column (default: the one the model was trained on)")
+    p.set_defaults(run=run)
+
+
+def load(args: argparse.Namespace, *, require_target: bool):
+    """The model and the data file, matched up (shared with ``crossent predict``).
+
+    The label column is ``--target``, else the column the model was trained on, else (for
+    evaluation) the file's default label column, unless that is one of the model's features.
+    """
+    from ..classifier import load_model
+    from ..datasets import DataError, default_target, load_file, read_table
+
+    model, meta = load_model(args.model)
+    names = tuple(meta["feature_names"]) if meta.get("feature_names") else None
+    table = read_table(args.data)
+    target = args.target
+    if target is None and meta.get("target") in table.columns:
+        target = meta["target"]
+    if target is None and require_target:
+        target = default_target(table)
+        if names is not None and target in names:
+            raise DataError(
+                f"{args.data} has no label column: the model's is "
+                f"{meta.get('target')!r}; name the file's with --target")
+    data = load_file(table, target, feature_names=names, require_target=require_target)
+    if data.n_features != model.n_features_in_:
+        raise common.UsageError(
+            f"{args.data} has {data.n_features} feature columns but the model "
+            f"{args.model} was trained on {model.n_features_in_}")
+    return model, data
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..metrics import accuracy, confusion_matrix, log_loss, precision_recall
+
+    model, data = load(args, require_target=True)
+    y = common.label_indices(model, data.y, args.data)
+    proba = model.predict_proba(data.X)
+    predicted = np.argmax(proba, axis=1)
+    classes = [str(c) for c in model.classes_]
+    cm = confusion_matrix(y, predicted, len(classes))
+    precision, recall = precision_recall(cm)
+    correct = int(np.trace(cm))
+
+    print(f"crossent evaluate: {args.model} on {args.data} ({data.n_samples} rows, "
+          f"{len(classes)} classes)")
+    print()
+    print(common.pairs([
+        ("log loss", f"{log_loss(y, proba):.4f}"),
+        ("accuracy", f"{accuracy(y, proba):.4f} ({correct}/{data.n_samples})"),
+    ]))
+    print()
+    rows = [(c, common.fmt(precision[k]), common.fmt(recall[k]), int(cm[k].sum()))
+            for k, c in enumerate(classes)]
+    print(common.table(rows, header=("class", "precision", "recall", "support"), indent=""))
+    print()
+    print("confusion matrix (rows: true class, columns: predicted class)")
+    print(common.table([(c, *cm[k]) for k, c in enumerate(classes)],
+                       header=("", *classes), indent=""))
+    return 0

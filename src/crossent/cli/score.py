@@ -1,0 +1,181 @@
+"""``crossent score``: score a file of predicted probabilities against the true labels.
+
+What a competition does with a submission: read the probabilities, read the answers, and
+report the log loss (with the clipping rule in ``--help``), plus accuracy, Brier score and
+expected calibration error.  The log loss is :func:`crossent.metrics.log_loss`, which gives
+``sklearn.metrics.log_loss``'s number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+
+import numpy as np
+
+from . import _common as common
+
+CLIPPING = (
+    "Clipping: every probability is clipped to [eps, 1 - eps] with eps = 2.22e-16 (float64 "
+    "machine epsilon), so a probability of 0 on the true class costs -ln(eps) = 36.04 nats "
+    "instead of infinity; rows are NOT renormalised, and rows that do not sum to 1 only draw "
+    "a warning. This is scikit-learn's log_loss rule (since 1.5), so the number is "
+    "sklearn.metrics.log_loss's."
+)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "score",
+        help="score predicted probabilities against true labels (log loss, accuracy, "
+        "Brier score, calibration error)",
+        description="Score a file of predicted class probabilities against the true labels, "
+        "as competitions score submissions: log loss (natural log, mean over rows), "
+        "accuracy, Brier score and expected calibration error. " + CLIPPING,
+        epilog="PREDICTIONS: CSV whose probability columns are named prob_<class> (as "
+        "'crossent predict' writes) or, failing that, every numeric column except --id is a "
+        "class named by its header; a single column is P(class 1) with labels 0/1; or an "
+        ".npy array (n, C) for classes 0..C-1. LABELS: CSV with the label column --target "
+        "(default: the last), or a 1-D .npy array. Rows match by position, or by --id.",
+    )
+    p.add_argument("predictions", metavar="PREDICTIONS", help="predicted probabilities")
+    p.add_argument("labels", metavar="LABELS", help="true labels")
+    p.add_argument("--target", metavar="COLUMN",
+                   help="the label column of LABELS (default: the last column)")
+    p.add_argument("--id", metavar="COLUMN",
+                   help="match rows by this column, present in both files (default: by "
+                   "position)")
+    p.add_argument("--bins", type=common.positive_int, default=15, metavar="N",
+                   help="confidence bins of the calibration error (default: 15)")
+    p.set_defaults(run=run)
+
+
+def _read_predictions(path: str, id_column: str | None):
+    """``(classes as text, (n, C) probabilities, ids or None)``."""
+    from ..datasets import DataError, read_table
+
+    if path.lower().endswith(".npy"):
+        if id_column:
+            raise DataError("--id needs CSV files")
+        arr = _load_1d_or_2d(path)
+        if arr.ndim != 2:
+            raise DataError(f"{path}: expected predicted probabilities of shape (n, classes), "
+                            f"got shape {arr.shape}")
+        return [str(k) for k in range(arr.shape[1])], arr.astype(np.float64), None
+    table = read_table(path)
+    ids = _ids(table, id_column)
+    named = [n for n in table.names if n.startswith("prob_")]
+    if named:
+        columns, classes = named, [n[len("prob_"):] for n in named]
+    else:
+        columns = [n for n in table.names if n != id_column
+                   and table.columns[n].dtype.kind == "f"]
+        classes = columns
+    if not columns:
+        raise DataError(f"{path} has no probability columns (numeric columns, or columns "
+                        "named prob_<class>)")
+    for name in columns:
+        if table.columns[name].dtype.kind != "f":
+            raise DataError(f"{path}: column {name!r} must hold probabilities, got text "
+                            f"({table.columns[name][0]!r}, ...)")
+    proba = np.column_stack([table.columns[n] for n in columns])
+    return classes, proba, ids
+
+
+def _read_labels(path: str, target: str | None, id_column: str | None):
+    from ..datasets import DataError, label_column, read_table, resolve_target
+
+    if path.lower().endswith(".npy"):
+        if id_column:
+            raise DataError("--id needs CSV files")
+        arr = _load_1d_or_2d(path)
+        if arr.ndim == 1:
+            if arr.dtype.kind not in "iuU" and not (
+                    arr.dtype.kind == "f" and np.all(arr == np.round(arr))):
+                raise DataError(f"{path}: labels must be integers or text, got {arr.dtype}")
+            return (arr.astype(np.int64) if arr.dtype.kind in "fiu" else arr), None
+    table = read_table(path)
+    ids = _ids(table, id_column)
+    name = resolve_target(table, target)
+    if name == id_column:
+        raise DataError(f"the label column of {path} is the --id column {id_column!r}; name "
+                        "it with --target")
+    return label_column(table, name), ids
+
+
+def _load_1d_or_2d(path: str) -> np.ndarray:
+    from ..datasets import DataError
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(2, "No such file", path)
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(f"{path} is not a plain NumPy array file: {exc}") from None
+
+
+def _ids(table, id_column: str | None):
+    from ..datasets import DataError
+
+    if id_column is None:
+        return None
+    if id_column not in table.columns:
+        raise DataError(f"--id column {id_column!r} is not in {table.source}")
+    ids = table.columns[id_column].astype(str)
+    if len(np.unique(ids)) != len(ids):
+        raise DataError(f"--id column {id_column!r} of {table.source} repeats a value")
+    return ids
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..datasets import DataError
+    from ..metrics import accuracy, brier_score, expected_calibration_error, log_loss
+
+    classes, proba, pred_ids = _read_predictions(args.predictions, args.id)
+    labels, label_ids = _read_labels(args.labels, args.target, args.id)
+    if pred_ids is not None:
+        missing = np.setdiff1d(label_ids, pred_ids)
+        if len(missing):
+            raise DataError(f"{args.predictions} has no prediction for id {missing[0]!r}")
+        extra = np.setdiff1d(pred_ids, label_ids)
+        if len(extra):
+            raise DataError(f"{args.labels} has no label for id {extra[0]!r}")
+        order = np.argsort(pred_ids)
+        proba = proba[order][np.searchsorted(pred_ids[order], label_ids)]
+    elif len(proba) != len(labels):
+        raise DataError(f"{args.predictions} has {len(proba)} rows but {args.labels} has "
+                        f"{len(labels)}; they must match row by row (or use --id)")
+    text = labels.astype(str)
+    if len(classes) == 1:  # P(class 1): the competitions' binary format
+        if not np.all(np.isin(text, ["0", "1"])):
+            raise DataError(f"{args.predictions} has one probability column, read as "
+                            f"P(label 1), so the labels must be 0 or 1; got {text[0]!r}")
+        classes, proba = ["0", "1"], np.column_stack([1.0 - proba[:, 0], proba[:, 0]])
+    index = {c: k for k, c in enumerate(classes)}
+    unknown = [t for t in np.unique(text) if t not in index]
+    if unknown:
+        raise DataError(f"{args.labels} has label {unknown[0]!r}, which has no probability "
+                        f"column in {args.predictions} (classes: "
+                        f"{', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''})")
+    y = np.array([index[t] for t in text], dtype=np.int64)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loss = log_loss(y, proba)
+    for w in caught:
+        print(f"crossent score: warning: {w.message}", file=sys.stderr)
+    clipped = int(np.sum(proba[np.arange(len(y)), y] < np.finfo(np.float64).eps))
+    print(f"crossent score: {args.predictions} against {args.labels} ({len(y)} rows, "
+          f"{len(classes)} classes)")
+    print()
+    print(common.pairs([
+        ("log loss", f"{loss:.6f}" + (f"  ({clipped} rows clipped at p = eps)"
+                                      if clipped else "")),
+        ("accuracy", f"{accuracy(y, proba):.6f}"),
+        ("Brier score", f"{brier_score(y, proba):.6f}"),
+        ("expected calibration error", f"{expected_calibration_error(y, proba, args.bins):.6f}"
+         f"  ({args.bins} bins)"),
+    ]))
+    return 0
