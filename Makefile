@@ -10,7 +10,7 @@ PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check 
 .PHONY: run test lint bench clean
 
 run: $(VENV)/.installed-run
-	$(BIN)/crossent explain
+	$(BIN)/crossent train
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q
