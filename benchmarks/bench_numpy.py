@@ -1,0 +1,399 @@
+"""Benchmark: ``crossent.cross_entropy_with_grad`` against the plain NumPy way and PyTorch.
+
+Providers (all on the same float32 logits and int64 class indices, reduction ``'mean'``):
+
+* ``crossent``  ``crossent.cross_entropy_with_grad(x, y)``: one fused pass, threaded.
+* ``numpy``     the straightforward NumPy/SciPy way: ``scipy.special.log_softmax`` and
+                ``np.take_along_axis`` for the loss, then ``scipy.special.softmax`` minus the
+                one-hot (subtracted in place at the target positions) divided by N.
+* ``torch``     PyTorch's CPU ``F.cross_entropy`` forward, then ``.backward()`` (``x.grad``).
+
+Modes: ``fwd+bwd`` (loss and gradient; the default) and ``fwd`` (loss only:
+``crossent.cross_entropy``, the NumPy loss line, ``F.cross_entropy`` without backward).
+
+How it measures
+---------------
+* Every (shape, provider, mode) runs in its own fresh Python subprocess, so one provider's
+  allocations, thread pools and caches cannot help or hurt another's numbers.
+* Time: one warm-up call, then ``--repeats`` timed calls (``time.perf_counter``); the table
+  gives the median (machines are shared and noisy) and the minimum.  Each call returns a new
+  gradient, as a training step would, so page-faulting it in is part of the time.
+* GB/s from explicit byte counts, the least traffic the operation needs: read the logits
+  once (N*C*4 bytes) and the targets once (N*8), and for ``fwd+bwd`` write the gradient once
+  (N*C*4).  GB/s = bytes / median time.
+* Peak extra memory: after the warm-up the worker records its resident set size (VmRSS, the
+  inputs already allocated and touched), resets the kernel's high-water mark
+  (``/proc/self/clear_refs``, value 5), makes one call and reads the high-water mark VmHWM.
+  Extra = VmHWM - VmRSS before the call; it includes the returned gradient (N*C*4 bytes for
+  ``fwd+bwd``).  Where ``clear_refs`` is not available the high-water mark is
+  ``resource.getrusage`` and the call is the first one (no warm-up before it).  For the
+  NumPy-only providers a second call is also traced with ``tracemalloc`` (NumPy reports its
+  buffers to it), which counts exactly the arrays allocated, without allocator noise.
+* Threads: crossent uses every CPU this process may use (``CROSSENT_NUM_THREADS``), PyTorch
+  its default intra-op threads (``torch.get_num_threads()``, printed); the NumPy way has no
+  threads (NumPy's ufuncs are single-threaded).  ``--threads`` sets both.
+
+Run ``python benchmarks/bench_numpy.py`` (about a minute on 2 cores); ``--quick`` for smaller
+shapes and fewer repeats.  Results: a table on stdout and ``benchmarks/results/bench_numpy.csv``
+with the machine (CPU model, cores, memory), the versions and the date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_SHAPES = "4096x32000,1024x128256"  # Llama 2 and Llama 3 vocabularies
+QUICK_SHAPES = "1024x32000,256x128256"
+PROVIDERS = ("crossent", "numpy", "torch")
+MODES = ("fwd+bwd", "fwd")
+MiB = 1 << 20
+
+
+# --------------------------------------------------------------------------------------------
+# The providers (imported inside, so each worker loads only what it measures)
+# --------------------------------------------------------------------------------------------
+
+
+def make_provider(name: str, mode: str, x, y):
+    """A zero-argument callable that computes the loss (and gradient) and returns them."""
+    import numpy as np
+
+    backward = mode == "fwd+bwd"
+    if name == "crossent":
+        import crossent
+
+        if backward:
+            return lambda: crossent.cross_entropy_with_grad(x, y)
+        return lambda: crossent.cross_entropy(x, y)
+    if name == "numpy":
+        from scipy.special import log_softmax, softmax
+
+        rows = np.arange(x.shape[0])
+
+        def plain_numpy():
+            logp = log_softmax(x, axis=1)
+            loss = -np.take_along_axis(logp, y[:, None], axis=1).mean()
+            if not backward:
+                return loss
+            del logp
+            grad = softmax(x, axis=1)  # d loss / d x = (softmax - onehot) / N
+            grad[rows, y] -= 1.0
+            grad /= x.shape[0]
+            return loss, grad
+
+        return plain_numpy
+    if name == "torch":
+        import torch
+
+        xt = torch.from_numpy(x)  # shares memory: no copy of the logits
+        yt = torch.from_numpy(y)
+        if not backward:
+            def torch_forward():
+                with torch.no_grad():
+                    return torch.nn.functional.cross_entropy(xt, yt)
+
+            return torch_forward
+        xt.requires_grad_(True)
+
+        def torch_forward_backward():
+            xt.grad = None
+            loss = torch.nn.functional.cross_entropy(xt, yt)
+            loss.backward()
+            return loss.detach(), xt.grad
+
+        return torch_forward_backward
+    raise ValueError(f"unknown provider {name!r}; expected one of {', '.join(PROVIDERS)}")
+
+
+# --------------------------------------------------------------------------------------------
+# Worker: one provider, one shape, one mode, in a fresh process
+# --------------------------------------------------------------------------------------------
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_kib_rusage() -> int:
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak // 1024 if sys.platform == "darwin" else peak  # bytes on macOS, KiB on Linux
+
+
+def worker(provider: str, mode: str, rows: int, classes: int, repeats: int, seed: int) -> dict:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, classes), dtype=np.float32)
+    x *= 2.0
+    y = rng.integers(0, classes, rows, dtype=np.int64)
+    call = make_provider(provider, mode, x, y)
+
+    # -- peak extra memory of one call --------------------------------------------------------
+    can_reset = _status_kib("VmHWM") is not None and _reset_peak()
+    if can_reset:
+        result = call()  # warm-up: lazy imports, thread pools, first-touch of code pages
+        del result
+        before = _status_kib("VmRSS")
+        _reset_peak()
+        result = call()
+        peak = _status_kib("VmHWM")
+        method = "VmHWM-VmRSS"
+    else:
+        before = _status_kib("VmRSS") or _peak_kib_rusage()
+        result = call()
+        peak = _peak_kib_rusage()
+        method = "ru_maxrss-RSS"
+    extra_rss = max(0, peak - before) * 1024
+    del result
+    traced = None
+    if provider != "torch":
+        import tracemalloc
+
+        tracemalloc.start()
+        result = call()
+        traced = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        del result
+
+    # -- time ---------------------------------------------------------------------------------
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = call()
+        times.append(time.perf_counter() - start)
+        del result
+    threads = None
+    if provider == "torch":
+        import torch
+
+        threads = torch.get_num_threads()
+    elif provider == "crossent":
+        from crossent._kernel import num_threads
+
+        threads = num_threads()
+    else:
+        threads = 1
+    return {"times": times, "extra_rss": extra_rss, "traced": traced, "method": method,
+            "threads": threads}
+
+
+# --------------------------------------------------------------------------------------------
+# Driver
+# --------------------------------------------------------------------------------------------
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    mem_gib = None
+    try:
+        mem_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    return {"cpu": cpu, "cores": cores, "memory_gib": mem_gib, "os": platform.platform()}
+
+
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for dist in ("crossent", "numpy", "scipy", "torch"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = "-"
+    return out
+
+
+def parse_shapes(text: str) -> list[tuple[int, int]]:
+    shapes = []
+    for item in text.split(","):
+        try:
+            n, c = (int(v) for v in item.lower().split("x"))
+        except ValueError:
+            raise SystemExit(
+                f"--shapes: expected NxC[,NxC...], e.g. 4096x32000, got {item!r}") from None
+        if n < 1 or c < 1:
+            raise SystemExit(f"--shapes: N and C must be positive, got {item!r}")
+        shapes.append((n, c))
+    return shapes
+
+
+def run_worker(args, provider: str, mode: str, n: int, c: int) -> dict:
+    env = dict(os.environ)
+    if args.threads:
+        env["CROSSENT_NUM_THREADS"] = str(args.threads)
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", provider, "--modes", mode,
+           "--shapes", f"{n}x{c}", "--repeats", str(args.repeats), "--seed", str(args.seed)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"worker {provider} {mode} {n}x{c} failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", default=None,
+                   help=f"comma-separated NxC (default {DEFAULT_SHAPES}; --quick: {QUICK_SHAPES})")
+    p.add_argument("--providers", default=",".join(PROVIDERS),
+                   help="comma-separated subset of " + ", ".join(PROVIDERS))
+    p.add_argument("--modes", default="fwd+bwd", help="comma-separated subset of "
+                   + ", ".join(MODES) + " (default fwd+bwd)")
+    p.add_argument("--repeats", type=int, default=None, help="timed calls per provider "
+                   "(default 7; --quick: 3)")
+    p.add_argument("--quick", action="store_true", help="smaller shapes, fewer repeats")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads for crossent and torch (default: all CPUs)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--csv", type=Path, default=HERE / "results" / "bench_numpy.csv",
+                   help="where to write the results (default benchmarks/results/bench_numpy.csv)")
+    p.add_argument("--no-csv", action="store_true", help="print the table only")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    shapes = parse_shapes(args.shapes or (QUICK_SHAPES if args.quick else DEFAULT_SHAPES))
+    if args.repeats is None:
+        args.repeats = 3 if args.quick else 7
+    if args.repeats < 1:
+        raise SystemExit("--repeats must be at least 1")
+    modes = [m.strip() for m in args.modes.split(",")]
+    for m in modes:
+        if m not in MODES:
+            raise SystemExit(f"--modes: expected some of {', '.join(MODES)}, got {m!r}")
+
+    if args.worker:  # inside a subprocess: measure one thing, print JSON
+        (n, c), = shapes
+        if args.threads:
+            os.environ["CROSSENT_NUM_THREADS"] = str(args.threads)
+        print(json.dumps(worker(args.worker, modes[0], n, c, args.repeats, args.seed)))
+        return 0
+
+    providers = [s.strip() for s in args.providers.split(",")]
+    for name in providers:
+        if name not in PROVIDERS:
+            raise SystemExit(f"--providers: expected some of {', '.join(PROVIDERS)}, "
+                             f"got {name!r}")
+    info = machine()
+    vers = versions()
+    date = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+    print(f"crossent {vers['crossent']} | numpy {vers['numpy']} | scipy {vers['scipy']} | "
+          f"torch {vers['torch']} | Python {vers['python']}")
+    print(f"{info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB | {date}")
+    print(f"float32 logits, int64 class indices, reduction='mean'; median of {args.repeats} "
+          f"runs; GB/s = (read logits + targets{' + write gradient' if 'fwd+bwd' in modes else ''}"
+          ") / median time")
+    print()
+
+    rows = []
+    for mode in modes:
+        for n, c in shapes:
+            results = {}
+            for name in providers:
+                results[name] = run_worker(args, name, mode, n, c)
+            input_bytes = n * c * 4
+            moved = input_bytes + n * 8 + (input_bytes if mode == "fwd+bwd" else 0)
+            for name in providers:
+                r = results[name]
+                med = statistics.median(r["times"])
+                row = {
+                    "date": date, "cpu": info["cpu"], "cores": info["cores"],
+                    "memory_gib": info["memory_gib"], "python": vers["python"],
+                    "crossent": vers["crossent"], "numpy": vers["numpy"],
+                    "scipy": vers["scipy"], "torch": vers["torch"],
+                    "mode": mode, "N": n, "C": c, "dtype": "float32", "provider": name,
+                    "threads": r["threads"], "repeats": args.repeats,
+                    "median_ms": round(med * 1e3, 2),
+                    "min_ms": round(min(r["times"]) * 1e3, 2),
+                    "gb_per_s": round(moved / med / 1e9, 2),
+                    "bytes_moved": moved,
+                    "peak_extra_mib": round(r["extra_rss"] / MiB, 1),
+                    "peak_extra_over_input": round(r["extra_rss"] / input_bytes, 2),
+                    "tracemalloc_peak_mib": (round(r["traced"] / MiB, 1)
+                                             if r["traced"] is not None else ""),
+                    "memory_method": r["method"],
+                }
+                for other in ("numpy", "torch"):
+                    if other in results:
+                        row[f"speedup_vs_{other}"] = round(
+                            statistics.median(results[other]["times"]) / med, 2)
+                rows.append(row)
+    print_table(rows)
+    if not args.no_csv:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        fields = list(dict.fromkeys(k for row in rows for k in row))
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        print(f"\nwrote {args.csv}")
+    return 0
+
+
+def print_table(rows: list[dict]) -> None:
+    header = ["mode", "N x C", "provider", "threads", "median ms", "min ms", "GB/s",
+              "vs numpy", "vs torch", "peak extra MiB", "extra/input", "tracemalloc MiB"]
+    table = [header]
+    for r in rows:
+        table.append([
+            r["mode"], f"{r['N']} x {r['C']}", r["provider"], str(r["threads"]),
+            f"{r['median_ms']:.1f}", f"{r['min_ms']:.1f}", f"{r['gb_per_s']:.2f}",
+            f"{r['speedup_vs_numpy']:.2f}x" if "speedup_vs_numpy" in r else "-",
+            f"{r['speedup_vs_torch']:.2f}x" if "speedup_vs_torch" in r else "-",
+            f"{r['peak_extra_mib']:.0f}", f"{r['peak_extra_over_input']:.2f}",
+            f"{r['tracemalloc_peak_mib']:.0f}" if r["tracemalloc_peak_mib"] != "" else "-",
+        ])
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    right = {3, 4, 5, 6, 7, 8, 9, 10, 11}
+    for k, row in enumerate(table):
+        cells = [c.rjust(w) if i in right else c.ljust(w)
+                 for i, (c, w) in enumerate(zip(row, widths))]
+        print("| " + " | ".join(cells) + " |")
+        if k == 0:
+            print("|" + "|".join(("-" * (w + 1) + ":") if i in right else "-" * (w + 2)
+                                 for i, w in enumerate(widths)) + "|")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
