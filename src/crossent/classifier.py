@@ -301,9 +301,10 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
     batch_size : int, default=64
         Minibatch size for ``sgd`` (capped at the number of samples).
     learning_rate : float or "auto", default="auto"
-        Step size for ``gd`` and ``sgd``.  ``"auto"`` is ``1 / L`` with ``L`` an estimate of
-        the gradient's Lipschitz constant for cross-entropy (see Notes); the value used is
-        stored in ``learning_rate_``.
+        Step size for ``gd`` and ``sgd``.  ``"auto"`` is ``1 / L`` for ``gd`` and
+        ``(1 - momentum) / L`` for ``sgd``, with ``L`` an estimate of the gradient's Lipschitz
+        constant for cross-entropy (see Notes); the value used is stored in
+        ``learning_rate_``.
     momentum : float, default=0.9
         Heavy-ball momentum in [0, 1) for ``gd`` and ``sgd``: ``v = momentum * v - lr * grad``.
     n_iter_no_change : int, default=10
@@ -456,7 +457,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         y_idx = y_idx.astype(np.int64)
         if len(self.classes_) < 2:
             raise ValueError(
-                f"y contains only one class ({self.classes_[0]!r}); {type(self).__name__} "
+                f"y contains only one class ({self.classes_.tolist()[0]!r}); {type(self).__name__} "
                 "needs samples of at least 2 classes"
             )
         s = self._sample_weight(sample_weight, X.shape[0])
@@ -522,7 +523,12 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
 
     def _step_size(self, objective):
         if self.learning_rate == "auto":
-            self.learning_rate_ = 1.0 / objective.smoothness()
+            # gd: 1/L, the classic safe step (heavy-ball momentum stays stable up to
+            # 2 (1 + momentum) / L).  sgd: (1 - momentum)/L, so that the step of the momentum
+            # average, lr / (1 - momentum), is 1/L: minibatch gradients are noisy and the
+            # full 1/L step with momentum 0.9 wanders far from the optimum.
+            scale = 1.0 if self.solver == "gd" else 1.0 - float(self.momentum)
+            self.learning_rate_ = scale / objective.smoothness()
         else:
             self.learning_rate_ = float(self.learning_rate)
         return self.learning_rate_
