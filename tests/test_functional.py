@@ -1032,3 +1032,34 @@ def test_property_moving_the_class_axis(xy):
 def test_public_namespace_matches_functional():
     for name in fn.__all__:
         assert getattr(crossent, name) is getattr(fn, name)
+
+
+@pytest.mark.parametrize("name", ["bce", "bce_logits", "kl_div", "nll", "softmax",
+                                  "log_softmax", "logsumexp"])
+def test_float16_elementwise_losses_round_once(rng, name):
+    """float16 in, float16 out, computed in float32: within one fp16 rounding of float64."""
+    x = rng.uniform(0.05, 0.95, size=(6, 4))
+    t = rng.uniform(0.0, 1.0, size=(6, 4))
+    calls = {
+        "bce": lambda a, b: fn.binary_cross_entropy_with_grad(a, b, reduction="none"),
+        "bce_logits": lambda a, b: fn.binary_cross_entropy_with_logits_with_grad(
+            a, b, reduction="none", pos_weight=np.float16(2.0)),
+        "kl_div": lambda a, b: fn.kl_div_with_grad(a, b, reduction="none"),
+        "nll": lambda a, b: fn.nll_loss_with_grad(a, np.arange(6) % 4, reduction="none"),
+        "softmax": lambda a, b: (fn.softmax(a, axis=1), None),
+        "log_softmax": lambda a, b: (fn.log_softmax(a, axis=1), None),
+        "logsumexp": lambda a, b: (fn.logsumexp(a, axis=1), None),
+    }
+    if name in ("kl_div", "nll"):
+        x = np.log(x)  # these take log-probabilities
+    x16, t16 = x.astype(np.float16), t.astype(np.float16)
+    loss16, grad16 = calls[name](x16, t16)
+    loss64, grad64 = calls[name](x16.astype(np.float64), t16.astype(np.float64))
+    assert loss16.dtype == np.float16
+    ulp = np.spacing(np.abs(loss64).astype(np.float16)).astype(np.float64)
+    # one rounding to fp16 (half an ulp) plus float32 arithmetic (far below an ulp)
+    assert (np.abs(loss16.astype(np.float64) - loss64) <= ulp).all()
+    if grad16 is not None:
+        assert grad16.dtype == np.float16
+        ulp = np.spacing(np.abs(grad64).astype(np.float16)).astype(np.float64)
+        assert (np.abs(grad16.astype(np.float64) - grad64) <= ulp).all()
