@@ -60,7 +60,8 @@ def check_probabilities(proba: Any, labels: Any = None, name: str = "proba"
     for test, word in ((p < 0, "below 0"), (p > 1, "above 1")):
         if test.any():
             row, col = np.argwhere(test)[0]
-            raise ValueError(f"{name} must hold probabilities in [0, 1], got {p[row, col]!r} "
+            value = float(p[row, col])
+            raise ValueError(f"{name} must hold probabilities in [0, 1], got {value!r} "
                              f"({word}) in row {row}, column {col}")
     if labels is None:
         return p, None
