@@ -22,6 +22,7 @@ are widened to float32 in a scratch buffer, computed, and narrowed back on the w
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -39,8 +40,10 @@ BLOCK_ELEMENTS = 1 << 19
 # Below this many logits a thread pool costs more than it saves.
 PARALLEL_MIN_ELEMENTS = 1 << 20
 
-_pool: ThreadPoolExecutor | None = None
-_pool_size = 0
+# Worker pools by size (the configured thread count less one: the caller works too).  A pool
+# is created once and never shut down, so calls from several threads at once are safe.
+_pools: dict[int, ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
 
 
 def num_threads() -> int:
@@ -62,22 +65,36 @@ def num_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _worker_pool(workers: int) -> ThreadPoolExecutor:
+    """The shared pool of ``workers`` threads, created on first use."""
+    with _pools_lock:
+        pool = _pools.get(workers)
+        if pool is None:
+            pool = _pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="crossent")
+        return pool
+
+
 def _run_row_ranges(rows: int, columns: int, work: Callable[[int, int], None]) -> None:
-    """Call ``work(start, stop)`` over contiguous row ranges, in parallel when worth it."""
-    global _pool, _pool_size
-    threads = min(num_threads(), rows)
+    """Call ``work(start, stop)`` over contiguous row ranges, in parallel when worth it.
+
+    The calling thread takes the first range itself and the pool the others; every range
+    has finished (or failed) when this returns, and a worker's exception is re-raised here.
+    """
+    configured = num_threads()
+    threads = min(configured, rows)
     if threads <= 1 or rows * columns < PARALLEL_MIN_ELEMENTS:
         work(0, rows)
         return
-    if _pool is None or _pool_size != threads:
-        if _pool is not None:
-            _pool.shutdown(wait=False)
-        _pool = ThreadPoolExecutor(threads, thread_name_prefix="crossent")
-        _pool_size = threads
-    bounds = np.linspace(0, rows, threads + 1).astype(np.int64)
-    futures = [_pool.submit(work, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+    pool = _worker_pool(configured - 1)
+    bounds = [int(b) for b in np.linspace(0, rows, threads + 1).astype(np.int64)]
+    futures = [pool.submit(work, a, b) for a, b in zip(bounds[1:-1], bounds[2:])]
+    try:
+        work(bounds[0], bounds[1])
+    finally:
+        for f in futures:  # wait for all of them, even if ours failed: they write our buffers
+            f.exception()
     for f in futures:
-        f.result()  # re-raises a worker's exception here
+        f.result()  # re-raises a worker's exception
 
 
 # --------------------------------------------------------------------------------------------
