@@ -8,6 +8,8 @@ lowered), widened from float16 or bfloat16 bits, or written over the logits in p
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -79,7 +81,7 @@ def test_threaded_equals_serial(rng, monkeypatch, name, variant, _why, threads):
     monkeypatch.setattr(_kernel, "PARALLEL_MIN_ELEMENTS", 1)
     monkeypatch.setattr(_kernel, "BLOCK_ELEMENTS", 129 * 4)  # several blocks per thread
     threaded = run_kernel(x, target, **kwargs)
-    assert _kernel._pool is not None and _kernel._pool_size == threads
+    assert threads - 1 in _kernel._pools  # the caller plus threads - 1 workers
     np.testing.assert_allclose(threaded[0], serial[0], rtol=1e-15, atol=0)
     np.testing.assert_allclose(threaded[1], serial[1], rtol=1e-15, atol=1e-18)
 
@@ -107,9 +109,18 @@ def test_threaded_public_path_against_torch(rng, monkeypatch):
     y = rng.integers(0, classes, rows)
     y[::7] = -100
     w = rng.uniform(0.5, 2.0, classes).astype(np.float32)
-    _kernel._pool = None  # so the assertion below sees this call's pool
+    ran_in = set()
+    real_run = _kernel._run_row_ranges
+
+    def spy(rows, columns, work):
+        def traced(a, b):
+            ran_in.add(threading.current_thread().name)
+            work(a, b)
+        real_run(rows, columns, traced)
+
+    monkeypatch.setattr(_kernel, "_run_row_ranges", spy)
     loss, grad = fn.cross_entropy_with_grad(x, y, w, label_smoothing=0.1, reduction="sum")
-    assert _kernel._pool is not None and _kernel._pool_size == 2
+    assert len(ran_in) == 2 and any(name.startswith("crossent") for name in ran_in)
     xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
     ref = F.cross_entropy(xt, torch.tensor(y), torch.tensor(w, dtype=torch.float64),
                           reduction="sum", label_smoothing=0.1)
@@ -268,3 +279,31 @@ def test_num_threads_rejects_bad_values(monkeypatch, value):
     with pytest.raises(ValueError, match=rf"CROSSENT_NUM_THREADS must be a positive integer, "
                                          rf"got '{value}'"):
         _kernel.num_threads()
+
+
+def test_concurrent_callers_share_the_pool_safely(monkeypatch):
+    """Several Python threads calling at once, with row counts below and above the thread
+    count, each get their own right answer (the pool is never replaced under a caller)."""
+    monkeypatch.setenv("CROSSENT_NUM_THREADS", "4")
+    monkeypatch.setattr(_kernel, "PARALLEL_MIN_ELEMENTS", 1)
+    inputs = {rows: np.random.default_rng(rows).normal(size=(rows, 40)) for rows in (2, 3, 5, 9)}
+    expected = {rows: fn.cross_entropy_with_grad(x, np.arange(rows) % 40)
+                for rows, x in inputs.items()}
+    failures = []
+
+    def hammer(rows):
+        for _ in range(50):
+            try:
+                loss, grad = fn.cross_entropy_with_grad(inputs[rows], np.arange(rows) % 40)
+                assert loss == expected[rows][0]
+                np.testing.assert_array_equal(grad, expected[rows][1])
+            except Exception as exc:  # reported below
+                failures.append(repr(exc))
+                return
+
+    threads = [threading.Thread(target=hammer, args=(rows,)) for rows in inputs for _ in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
