@@ -72,6 +72,7 @@ class Table:
     source: str
     kind: str  # "csv", "npy" or "npz"
     lines: np.ndarray | None = None  # CSV line number of each row, for error messages
+    features: tuple[str, ...] | None = None  # the columns that may be features (None: all)
 
     @property
     def names(self) -> list[str]:
@@ -174,7 +175,12 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _load_npy(path: str) -> Any:
+def load_npy(path: str) -> Any:
+    """``np.load`` of an ``.npy`` file without pickle, with one-line errors."""
+    with open(path, "rb") as fh:
+        magic = fh.read(6)
+    if magic != b"\x93NUMPY":
+        raise DataError(f"{path} is not a NumPy file (no .npy header); save it with numpy.save")
     try:
         return np.load(path, allow_pickle=False)
     except ValueError as exc:
@@ -187,7 +193,7 @@ def _load_npy(path: str) -> Any:
 
 
 def _read_npy(path: str) -> Table:
-    arr = _load_npy(path)
+    arr = load_npy(path)
     if not isinstance(arr, np.ndarray) or arr.ndim != 2:
         raise DataError(f"{path}: expected a 2-D array (rows x columns), got shape "
                         f"{getattr(arr, 'shape', None)}")
@@ -223,7 +229,7 @@ def _read_npz(path: str) -> Table:
             columns[key] = arr.astype(np.float64) if arr.dtype.kind in "biuf" else arr
         elif arr.ndim == 2 and arr.shape == (X.shape[0], 1):
             columns[key] = arr[:, 0]
-    return Table(columns, path, "npz")
+    return Table(columns, path, "npz", features=tuple(f"x{j}" for j in range(X.shape[1])))
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,7 +285,7 @@ def load_file(source: str | os.PathLike | Table, target: str | None = None, *,
     if feature_names is not None and all(n in table.columns for n in feature_names):
         names = tuple(feature_names)
     else:
-        names = tuple(n for n in table.names if n != target_name)
+        names = tuple(n for n in (table.features or table.names) if n != target_name)
         if feature_names is not None and len(names) != len(feature_names):
             missing = [n for n in feature_names if n not in table.columns]
             raise DataError(
@@ -314,6 +320,8 @@ def _numeric(table: Table, name: str) -> np.ndarray:
 
 
 def label_column(table: Table, name: str) -> np.ndarray:
+    """The class labels in column ``name``: int64 when numeric (they must be whole numbers),
+    else the text, non-empty."""
     col = table.columns[name]
     if col.dtype.kind == "f":
         bad = ~np.isfinite(col) | (col != np.round(col))

@@ -106,14 +106,11 @@ def _read_labels(path: str, target: str | None, id_column: str | None):
 
 
 def _load_1d_or_2d(path: str) -> np.ndarray:
-    from ..datasets import DataError
+    from ..datasets import load_npy
 
     if not os.path.exists(path):
         raise FileNotFoundError(2, "No such file", path)
-    try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise DataError(f"{path} is not a plain NumPy array file: {exc}") from None
+    return load_npy(path)
 
 
 def _ids(table, id_column: str | None):

@@ -1,0 +1,203 @@
+"""crossent.datasets: the bundled digits, CSV/NPY/NPZ loading, and one-line errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from crossent.datasets import (
+    DataError,
+    check_classes,
+    load_digits,
+    load_file,
+    read_table,
+    train_test_split,
+)
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# The bundled digits (reference/semantics.md section 4)
+# --------------------------------------------------------------------------------------------
+
+
+def test_digits_facts():
+    pytest.importorskip("sklearn")
+    d = load_digits()
+    assert d.X.shape == (1797, 64) and d.X.dtype == np.float64
+    assert d.X.min() == 0 and d.X.max() == 16
+    np.testing.assert_array_equal(np.bincount(d.y),
+                                  [178, 182, 177, 183, 181, 182, 181, 179, 174, 180])
+    assert d.feature_names[:2] == ("pixel_0_0", "pixel_0_1") and d.target_name == "digit"
+    train, test = train_test_split(d, 0.2, 0)
+    assert (train.n_samples, test.n_samples) == (1437, 360)  # scikit-learn's split
+    assert train_test_split(d, 0.0, 0) == (d, None)
+
+
+# --------------------------------------------------------------------------------------------
+# CSV
+# --------------------------------------------------------------------------------------------
+
+
+def test_csv_with_text_labels_and_quoted_fields(tmp_path):
+    path = write(tmp_path, "iris.csv", 'length,width,"kind"\n1.5,0.2,setosa\n'
+                 '4.7,1.4,"versi, color"\n\n6.0,2.5,virginica\n')
+    d = load_file(path)
+    np.testing.assert_array_equal(d.X, [[1.5, 0.2], [4.7, 1.4], [6.0, 2.5]])
+    assert d.y.tolist() == ["setosa", "versi, color", "virginica"]
+    assert d.feature_names == ("length", "width") and d.target_name == "kind"
+
+
+def test_csv_target_column_by_name_and_integer_labels(tmp_path):
+    path = write(tmp_path, "d.csv", "label,a,b\n1,0.5,2\n0,1.5,3\n1,2.5,4\n")
+    d = load_file(path, "label")
+    assert d.y.dtype == np.int64 and d.y.tolist() == [1, 0, 1]
+    assert d.feature_names == ("a", "b")
+    # the feature columns a model knows are picked by name, in the model's order
+    d = load_file(path, "label", feature_names=("b", "a"))
+    np.testing.assert_array_equal(d.X[:, 0], [2, 3, 4])
+    # without labels (prediction)
+    d = load_file(path, None, feature_names=("a", "b"), require_target=False)
+    assert d.y is None and d.X.shape == (3, 2)
+
+
+def test_csv_byte_order_mark_and_spaces(tmp_path):
+    path = tmp_path / "bom.csv"
+    path.write_bytes("\ufeffx, y\n 1 , a\n2,b\n".encode())
+    d = load_file(path)
+    assert d.feature_names == ("x",) and d.y.tolist() == ["a", "b"]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("", r"is empty: expected a header line"),
+    ("a,b,c\n", r"has a header but no rows of data"),
+    ("1,2,3\n4,5,6\n", r"has no header line: its first line holds numbers \(1,2,3\)"),
+    ("a,b,c\n1,2,3\n4,5\n", r"line 3 has 2 fields, the header has 3: malformed CSV"),
+    ('a,b,c\n1,"2,3\n', r"malformed CSV"),
+    ("a,,c\n1,2,3\n", r"empty column name \(column 2\)"),
+    ("a,a,c\n1,2,3\n", r"names column 'a' more than once"),
+    ("a,b,c\n1,nan,0\n", r"feature column 'b' holds nan on line 2; features must be finite"),
+    ("a,b,c\n1,2,0\n1,inf,0\n", r"feature column 'b' holds inf on line 3"),
+    ("a,b,c\n1,,0\n", r"feature column 'b' must hold numbers, got an empty cell on line 2"),
+    ("a,b,c\n1,x,0\n", r"feature column 'b' must hold numbers, got 'x' on line 2 \(is it the "
+                       r"target\? use --target b\)"),
+    ("a,b,c\n1,2,0.5\n", r"target column 'c' must hold class labels .* got 0.5 on line 2"),
+    ("a,b,c\n1,2,\n", r"target column 'c' has an empty label on line 2"),
+])
+def test_bad_csv_is_one_clear_line(tmp_path, text, message):
+    path = write(tmp_path, "bad.csv", text)
+    with pytest.raises(DataError, match=message) as info:
+        load_file(path)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_target_column_lists_the_columns(tmp_path):
+    path = write(tmp_path, "d.csv", "a,b,c\n1,2,3\n")
+    with pytest.raises(DataError, match=r"target column 'label' is not in .*d.csv \(expected a "
+                                        r"column name; columns: 'a', 'b', 'c'\)"):
+        load_file(path, "label")
+
+
+def test_not_utf8_and_missing_and_unknown_type(tmp_path):
+    binary = tmp_path / "x.csv"
+    binary.write_bytes(b"a,b\n\xff\xfe,1\n")
+    with pytest.raises(DataError, match="is not UTF-8 text"):
+        load_file(binary)
+    with pytest.raises(FileNotFoundError):
+        load_file(tmp_path / "missing.csv")
+    with pytest.raises(DataError, match=r"unknown file type '.txt'; expected .csv"):
+        load_file(write(tmp_path, "d.txt", "a\n1\n"))
+    with pytest.raises(DataError, match="is a directory"):
+        load_file(tmp_path)
+
+
+def test_one_class_is_caught(tmp_path):
+    d = load_file(write(tmp_path, "d.csv", "a,y\n1,5\n2,5\n"))
+    with pytest.raises(DataError, match=r"target column 'y' .* holds only one class \(5\)"):
+        check_classes(d)
+
+
+def test_model_feature_mismatch(tmp_path):
+    path = write(tmp_path, "d.csv", "a,b,y\n1,2,0\n3,4,1\n")
+    with pytest.raises(DataError, match=r"does not match the model: the model has 3 features, "
+                                        r"the file has 2 feature columns and lacks 'c'"):
+        load_file(path, "y", feature_names=("a", "b", "c"))
+
+
+# --------------------------------------------------------------------------------------------
+# NPY and NPZ
+# --------------------------------------------------------------------------------------------
+
+
+def test_npy_last_column_or_index_is_the_target(tmp_path):
+    arr = np.array([[0.1, 0.2, 1], [0.3, 0.4, 0], [0.5, 0.6, 1]])
+    path = tmp_path / "d.npy"
+    np.save(path, arr)
+    d = load_file(path)
+    np.testing.assert_array_equal(d.X, arr[:, :2])
+    assert d.y.tolist() == [1, 0, 1] and d.target_name == "column 2"
+    d = load_file(path, "-1")
+    assert d.target_name == "column 2"
+    with pytest.raises(DataError, match="target column 'column 0' must hold class labels"):
+        load_file(path, "0")
+    with pytest.raises(DataError, match=r"--target 7: .* has columns 0..2"):
+        load_file(path, "7")
+
+
+def test_npz_x_and_y(tmp_path):
+    path = tmp_path / "d.npz"
+    np.savez(path, X=np.arange(6.0).reshape(3, 2), y=np.array(["a", "b", "a"]),
+             group=np.array([1, 2, 3]))
+    d = load_file(path)
+    assert d.y.tolist() == ["a", "b", "a"] and d.feature_names == ("x0", "x1")
+    np.testing.assert_array_equal(d.X, [[0, 1], [2, 3], [4, 5]])
+    d = load_file(path, "group", feature_names=("x0", "x1"))
+    assert d.y.tolist() == [1, 2, 3]
+
+
+def test_pickled_arrays_are_refused_not_loaded(tmp_path):
+    obj = tmp_path / "obj.npy"
+    np.save(obj, np.array([[object(), 1]], dtype=object), allow_pickle=True)
+    with pytest.raises(DataError, match=r"holds Python objects \(pickled\)"):
+        load_file(obj)
+    npz = tmp_path / "obj.npz"
+    np.savez(npz, X=np.zeros((2, 2)), y=np.array([None, 1], dtype=object))
+    with pytest.raises(DataError, match=r"holds Python objects \(pickled\)"):
+        load_file(npz)
+
+
+@pytest.mark.parametrize(("arrays", "message"), [
+    (dict(features=np.zeros((2, 2))), r"expected an array named 'X' \(the features\)"),
+    (dict(X=np.zeros(3)), r"'X' must be a non-empty 2-D numeric array"),
+])
+def test_bad_npz(tmp_path, arrays, message):
+    path = tmp_path / "d.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(DataError, match=message):
+        load_file(path)
+
+
+def test_bad_npy(tmp_path):
+    path = tmp_path / "d.npy"
+    np.save(path, np.zeros(3))
+    with pytest.raises(DataError, match=r"expected a 2-D array \(rows x columns\), got shape"):
+        load_file(path)
+    path.write_text("not numpy")
+    with pytest.raises(DataError, match="is not a NumPy file"):
+        load_file(path)
+
+
+def test_read_table_keeps_line_numbers(tmp_path):
+    table = read_table(write(tmp_path, "d.csv", "a,b\n\n1,x\n2,y\n"))
+    assert table.lines.tolist() == [3, 4] and table.n_rows == 2
+
+
+def test_split_that_leaves_no_training_rows(tmp_path):
+    d = load_file(write(tmp_path, "d.csv", "a,y\n1,0\n2,1\n3,0\n"))
+    with pytest.raises(DataError, match=r"--test-size 0.9 leaves 0 training and 3 test rows"):
+        train_test_split(d, 0.9, 0)
