@@ -832,8 +832,12 @@ def test_float32_against_float64(rng, shape, kind, reduction, _why):
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize(("shape", "kind"), [((64, 50), "index"), ((8, 5000), "index"),
-                                             ((16, 30), "prob"), ((4, 6, 3), "index")])
+@pytest.mark.parametrize(("shape", "kind"), [
+    ((64, 50), "index"),  # many rows: a 'mean' that fp16 accumulation gets wrong
+    ((8, 5000), "index"),  # a long row: fp16 sums of exp lose digits, float32 does not
+    ((16, 30), "prob"),  # probability targets travel as fp16 too
+    ((4, 6, 3), "index"),  # K-dim layout with the widening
+])
 def test_float16_is_computed_in_float32(rng, shape, kind, reduction):
     """Rule 7 of DESIGN.md: |ours - fp64| <= |torch fp16 - fp64| + one fp16 ulp.
 
