@@ -257,6 +257,14 @@ def test_index_and_one_hot_agree_without_weight_but_not_with_it():
         fn.cross_entropy(X, np.eye(3)[Y], weight=W), rel=1e-3)
 
 
+def test_weighted_mean_is_not_the_mean_of_none():
+    """pytorch#50528: 'mean' divides by sum w[y_n], not by N (section 6, last row)."""
+    none = fn.cross_entropy(X, Y, W, reduction="none")
+    mean = fn.cross_entropy(X, Y, W)
+    assert mean == pytest.approx(none.sum() / W[Y].sum(), rel=1e-15)
+    assert abs(mean - none.mean()) > 0.1
+
+
 def test_with_grad_returns_the_same_loss_as_the_plain_call(rng):
     """``f_with_grad`` must not compute a different loss from ``f`` (bitwise equal)."""
     x = rng.standard_normal((7, 5))
