@@ -707,6 +707,8 @@ def load_model(file: Any) -> tuple[SoftmaxRegression, dict]:
     not such a model.
     """
     name = os.fspath(file) if isinstance(file, (str, os.PathLike)) else "model file"
+    if isinstance(file, (str, os.PathLike)) and not os.path.exists(file):
+        raise FileNotFoundError(2, "No such file", name)
     try:
         with np.load(file, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}

@@ -199,7 +199,7 @@ def label_indices(model: Any, labels: np.ndarray, source: str) -> np.ndarray:
         labels = labels.astype(str)
     known = np.isin(labels, classes)
     if not known.all():
-        bad = labels[~known][0]
+        bad = labels[~known].tolist()[0]
         raise UsageError(f"{source} has label {bad!r}, which is not a class of the model "
                          f"(classes: {', '.join(map(str, classes[:10]))}"
                          f"{', ...' if len(classes) > 10 else ''})")

@@ -1,0 +1,121 @@
+"""``crossent predict`` end to end (subprocess): probabilities and labels per row as CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sklearn")
+
+
+def crossent(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "crossent", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def assert_usage_error(result: subprocess.CompletedProcess, fragment: str) -> None:
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith("crossent predict: error: ") and fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A small text-labelled model trained by the command line, and data to predict."""
+    rng = np.random.default_rng(1)
+    folder = tmp_path_factory.mktemp("predict")
+    y = rng.integers(0, 3, 90)
+    X = rng.standard_normal((90, 3)) + 1.5 * y[:, None]
+    names = np.array(["cat", "dog", "emu"])[y]
+    train = folder / "train.csv"
+    train.write_text("x1,x2,x3,animal\n" + "".join(
+        f"{a:.5f},{b:.5f},{c:.5f},{n}\n" for (a, b, c), n in zip(X, names)))
+    model = folder / "model.npz"
+    result = crossent("train", "--data", str(train), "--out", str(model))
+    assert result.returncode == 0, result.stderr
+    new = folder / "new.csv"  # columns in another order, no labels
+    new.write_text("x3,x1,x2\n" + "".join(f"{c},{a},{b}\n" for a, b, c in X[:10]))
+    return dict(model=model, train=train, new=new, X=X, folder=folder)
+
+
+def read(text: str):
+    rows = list(csv.reader(io.StringIO(text)))
+    return rows[0], rows[1:]
+
+
+def test_predict_to_stdout_matches_the_model(files):
+    from crossent.classifier import load_model
+
+    result = crossent("predict", "--model", str(files["model"]), "--data", str(files["new"]))
+    assert result.returncode == 0, result.stderr
+    header, rows = read(result.stdout)
+    assert header == ["prob_cat", "prob_dog", "prob_emu", "predicted"]
+    assert len(rows) == 10
+    model, _ = load_model(files["model"])
+    X = files["X"][:10]  # written in full (repr) precision
+    proba = np.array([[float(v) for v in row[:3]] for row in rows])
+    np.testing.assert_array_equal(proba, model.predict_proba(X))  # exact: repr round-trips
+    assert [row[3] for row in rows] == model.predict(X).tolist()
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+
+
+def test_predict_to_file_ignores_the_label_column(files):
+    out = files["folder"] / "preds.csv"
+    result = crossent("predict", "--model", str(files["model"]), "--data", str(files["train"]),
+                      "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    assert f"90 rows of {files['train']} -> {out}" in result.stderr
+    header, rows = read(out.read_text())
+    assert len(rows) == 90 and header[-1] == "predicted"
+    before = out.read_bytes()
+    again = crossent("predict", "--model", str(files["model"]), "--data", str(files["new"]),
+                     "--out", str(out))
+    assert_usage_error(again, f"--out {out} exists; pass --force to overwrite it")
+    assert out.read_bytes() == before
+    forced = crossent("predict", "--model", str(files["model"]), "--data", str(files["new"]),
+                      "--out", str(out), "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert len(read(out.read_text())[1]) == 10
+
+
+def test_npy_data_by_position(files):
+    path = files["folder"] / "rows.npy"
+    np.save(path, files["X"][:4])
+    result = crossent("predict", "--model", str(files["model"]), "--data", str(path))
+    assert result.returncode == 0, result.stderr
+    assert len(read(result.stdout)[1]) == 4
+
+
+def test_feature_mismatch(files):
+    path = files["folder"] / "wide.npy"
+    np.save(path, np.zeros((2, 5)))
+    assert_usage_error(crossent("predict", "--model", str(files["model"]), "--data", str(path)),
+                       "the model has 3 features, the file has 5 feature columns")
+
+
+def test_nan_feature(files):
+    path = files["folder"] / "nan.csv"
+    path.write_text("x1,x2,x3\n1,2,3\n1,nan,3\n")
+    assert_usage_error(crossent("predict", "--model", str(files["model"]), "--data", str(path)),
+                       "feature column 'x2' holds nan on line 3")
+
+
+def test_unwritable_output(files):
+    out = files["folder"] / "missing" / "p.csv"
+    assert_usage_error(crossent("predict", "--model", str(files["model"]), "--data",
+                                str(files["new"]), "--out", str(out)), "does not exist")
+
+
+def test_malformed_csv(files):
+    path = files["folder"] / "ragged.csv"
+    path.write_text("x1,x2,x3\n1,2\n")
+    assert_usage_error(crossent("predict", "--model", str(files["model"]), "--data", str(path)),
+                       "line 2 has 2 fields, the header has 3: malformed CSV")
