@@ -177,7 +177,7 @@ def split(data: Any, test_size: float, seed: int) -> tuple[Any, Any]:
     if test is not None:
         unseen = np.setdiff1d(np.unique(test.y), np.unique(train.y))
         if len(unseen):
-            raise DataError(f"class {unseen[0]!r} appears only in the test split, so the "
+            raise DataError(f"class {unseen.tolist()[0]!r} appears only in the test split, so the "
                             "model cannot learn it; use more data, a smaller --test-size or "
                             "a different --seed")
     return train, test
@@ -193,7 +193,7 @@ def label_indices(model: Any, labels: np.ndarray, source: str) -> np.ndarray:
     """Positions of ``labels`` in ``model.classes_``; one-line error for unknown labels."""
     classes = np.asarray(model.classes_)
     if classes.dtype.kind in "iu" and labels.dtype.kind not in "iu":
-        raise UsageError(f"{source} has text labels ({labels[0]!r}, ...) but the model's "
+        raise UsageError(f"{source} has text labels ({str(labels[0])!r}, ...) but the model's "
                          f"classes are numbers ({', '.join(map(str, classes[:5]))}, ...)")
     if classes.dtype.kind == "U" and labels.dtype.kind != "U":
         labels = labels.astype(str)

@@ -79,7 +79,7 @@ def _read_predictions(path: str, id_column: str | None):
     for name in columns:
         if table.columns[name].dtype.kind != "f":
             raise DataError(f"{path}: column {name!r} must hold probabilities, got text "
-                            f"({table.columns[name][0]!r}, ...)")
+                            f"({str(table.columns[name][0])!r}, ...)")
     proba = np.column_stack([table.columns[n] for n in columns])
     return classes, proba, ids
 
@@ -135,10 +135,10 @@ def run(args: argparse.Namespace) -> int:
     if pred_ids is not None:
         missing = np.setdiff1d(label_ids, pred_ids)
         if len(missing):
-            raise DataError(f"{args.predictions} has no prediction for id {missing[0]!r}")
+            raise DataError(f"{args.predictions} has no prediction for id {str(missing[0])!r}")
         extra = np.setdiff1d(pred_ids, label_ids)
         if len(extra):
-            raise DataError(f"{args.labels} has no label for id {extra[0]!r}")
+            raise DataError(f"{args.labels} has no label for id {str(extra[0])!r}")
         order = np.argsort(pred_ids)
         proba = proba[order][np.searchsorted(pred_ids[order], label_ids)]
     elif len(proba) != len(labels):
@@ -148,10 +148,10 @@ def run(args: argparse.Namespace) -> int:
     if len(classes) == 1:  # P(class 1): the competitions' binary format
         if not np.all(np.isin(text, ["0", "1"])):
             raise DataError(f"{args.predictions} has one probability column, read as "
-                            f"P(label 1), so the labels must be 0 or 1; got {text[0]!r}")
+                            f"P(label 1), so the labels must be 0 or 1; got {str(text[0])!r}")
         classes, proba = ["0", "1"], np.column_stack([1.0 - proba[:, 0], proba[:, 0]])
     index = {c: k for k, c in enumerate(classes)}
-    unknown = [t for t in np.unique(text) if t not in index]
+    unknown = [t for t in np.unique(text).tolist() if t not in index]
     if unknown:
         raise DataError(f"{args.labels} has label {unknown[0]!r}, which has no probability "
                         f"column in {args.predictions} (classes: "

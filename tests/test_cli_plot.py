@@ -1,0 +1,63 @@
+"""``crossent plot`` end to end (subprocess): every figure is a real PNG of its size."""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("matplotlib")
+
+
+def crossent(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "crossent", *args], capture_output=True,
+                          text=True, timeout=120, cwd=cwd)
+
+
+def png_size(path) -> tuple[int, int]:
+    data = open(path, "rb").read(24)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", data[16:24])
+
+
+@pytest.mark.parametrize(("figure", "size"), [
+    ("overview", (1100, 800)),
+    ("bce", (600, 450)),
+    ("softmax", (600, 450)),
+    ("losses", (1000, 400)),
+])
+def test_each_figure(tmp_path, figure, size):
+    result = crossent("plot", figure, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"saved to {figure}.png" in result.stdout
+    assert png_size(tmp_path / f"{figure}.png") == size
+
+
+def test_out_logits_and_force(tmp_path):
+    out = tmp_path / "s.png"
+    assert crossent("plot", "softmax", "--logits", "1", "2", "3", "4", "--out",
+                    str(out)).returncode == 0
+    before = out.read_bytes()
+    again = crossent("plot", "softmax", "--out", str(out))
+    assert again.returncode == 2 and again.stdout == ""
+    assert again.stderr.strip() == (f"crossent plot: error: --out {out} exists; pass --force "
+                                    "to overwrite it")
+    assert out.read_bytes() == before
+    assert crossent("plot", "softmax", "--out", str(out), "--force").returncode == 0
+    assert out.read_bytes() != before
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["softmax", "--logits", "1"], "--logits must be at least 2 finite numbers, got 1.0"),
+    (["softmax", "--logits", "1", "inf"], "--logits must be at least 2 finite numbers"),
+    (["nonsense"], "argument figure: invalid choice: 'nonsense'"),
+    (["--out", "/no/such/dir/x.png"], "the directory /no/such/dir does not exist"),
+])
+def test_bad_input(tmp_path, args, fragment):
+    result = crossent("plot", *args, cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert fragment in lines[0]

@@ -1,0 +1,177 @@
+"""``crossent score`` end to end (subprocess): a submission file against the answers."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+sk = pytest.importorskip("sklearn.metrics")
+
+
+def crossent(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "crossent", *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+def assert_usage_error(result: subprocess.CompletedProcess, fragment: str) -> None:
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith("crossent score: error: ") and fragment in lines[0], lines[0]
+
+
+def value(label: str, text: str) -> float:
+    match = re.search(rf"^{label}\s+([0-9.]+)", text, re.M)
+    assert match, text
+    return float(match.group(1))
+
+
+@pytest.fixture
+def submission(tmp_path):
+    """crossent-predict style predictions (prob_<class>) and a labels CSV, with zeros."""
+    rng = np.random.default_rng(7)
+    proba = rng.dirichlet(np.ones(4) * 0.7, size=50)
+    proba[0] = [0.0, 1.0, 0.0, 0.0]  # a confident mistake: clipped, not infinite
+    labels = rng.integers(0, 4, 50)
+    labels[0] = 2
+    preds = tmp_path / "preds.csv"
+    preds.write_text("prob_0,prob_1,prob_2,prob_3,predicted\n" + "".join(
+        ",".join(repr(float(v)) for v in row) + f",{row.argmax()}\n" for row in proba))
+    answers = tmp_path / "answers.csv"
+    answers.write_text("row,label\n" + "".join(f"{i},{y}\n" for i, y in enumerate(labels)))
+    return preds, answers, proba, labels
+
+
+def test_scores_match_sklearn(submission):
+    preds, answers, proba, labels = submission
+    result = crossent("score", str(preds), str(answers))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "(50 rows, 4 classes)" in out
+    assert value("log loss", out) == pytest.approx(
+        sk.log_loss(labels, proba, labels=range(4)), abs=5e-7)
+    assert "(1 rows clipped at p = eps)" in out
+    assert value("accuracy", out) == pytest.approx(sk.accuracy_score(labels,
+                                                                     proba.argmax(1)), abs=5e-7)
+    assert value("Brier score", out) == pytest.approx(
+        sk.brier_score_loss(labels, proba, labels=range(4)), abs=5e-7)
+    assert 0 <= value("expected calibration error", out) <= 1
+
+
+def test_help_states_the_clipping_policy():
+    result = crossent("score", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "clipped to [eps, 1 - eps] with eps = 2.22e-16" in text
+    assert "NOT renormalised" in text and "sklearn.metrics.log_loss" in text
+
+
+def test_kaggle_style_ids_and_class_headers(tmp_path):
+    """Header = class names plus an id column; rows matched by --id, in any order."""
+    proba = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.3, 0.4, 0.3]])
+    labels = ["cat", "emu", "dog"]
+    preds = tmp_path / "sub.csv"
+    preds.write_text("id,cat,dog,emu\nb,0.1,0.1,0.8\na,0.7,0.2,0.1\nc,0.3,0.4,0.3\n")
+    answers = tmp_path / "solution.csv"
+    answers.write_text("id,animal\na,cat\nb,emu\nc,dog\n")
+    result = crossent("score", str(preds), str(answers), "--id", "id")
+    assert result.returncode == 0, result.stderr
+    expected = sk.log_loss(labels, proba, labels=["cat", "dog", "emu"])
+    assert value("log loss", result.stdout) == pytest.approx(expected, abs=5e-7)
+    assert value("accuracy", result.stdout) == 1.0
+
+
+def test_npy_files_and_binary_single_column(tmp_path):
+    proba = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    labels = np.array([0, 1, 1])
+    np.save(tmp_path / "p.npy", proba)
+    np.save(tmp_path / "y.npy", labels)
+    result = crossent("score", str(tmp_path / "p.npy"), str(tmp_path / "y.npy"))
+    assert result.returncode == 0, result.stderr
+    assert value("log loss", result.stdout) == pytest.approx(sk.log_loss(labels, proba),
+                                                             abs=5e-7)
+    single = tmp_path / "p1.csv"
+    single.write_text("target\n0.1\n0.8\n0.4\n")
+    result = crossent("score", str(single), str(tmp_path / "y.npy"))
+    assert result.returncode == 0, result.stderr
+    assert value("log loss", result.stdout) == pytest.approx(sk.log_loss(labels, proba[:, 1]),
+                                                             abs=5e-7)
+
+
+def test_rows_not_summing_to_one_warn_but_score(tmp_path):
+    preds = tmp_path / "p.csv"
+    preds.write_text("a,b\n0.5,0.1\n0.2,0.8\n")
+    answers = tmp_path / "y.csv"
+    answers.write_text("y\na\nb\n")
+    result = crossent("score", str(preds), str(answers))
+    assert result.returncode == 0
+    assert "warning: the probabilities in some rows do not sum to 1" in result.stderr
+    assert value("log loss", result.stdout) == pytest.approx(-(np.log(0.5) + np.log(0.8)) / 2,
+                                                             abs=5e-7)
+
+
+# --------------------------------------------------------------------------------------------
+# Bad input
+# --------------------------------------------------------------------------------------------
+
+
+def test_missing_file(submission, tmp_path):
+    preds, _, _, _ = submission
+    assert_usage_error(crossent("score", str(preds), str(tmp_path / "none.csv")),
+                       "No such file")
+
+
+def test_row_count_mismatch(submission, tmp_path):
+    preds, _, _, _ = submission
+    short = tmp_path / "short.csv"
+    short.write_text("label\n0\n1\n")
+    assert_usage_error(crossent("score", str(preds), str(short)),
+                       "has 50 rows but")
+
+
+def test_unknown_label(submission, tmp_path):
+    preds, _, _, _ = submission
+    bad = tmp_path / "bad.csv"
+    bad.write_text("label\n" + "7\n" * 50)
+    assert_usage_error(crossent("score", str(preds), str(bad)),
+                       "has label '7', which has no probability column")
+
+
+def test_probability_above_one(tmp_path):
+    preds = tmp_path / "p.csv"
+    preds.write_text("a,b\n1.5,0.1\n")
+    answers = tmp_path / "y.csv"
+    answers.write_text("y\na\n")
+    assert_usage_error(crossent("score", str(preds), str(answers)),
+                       "must hold probabilities in [0, 1], got 1.5 (above 1)")
+
+
+def test_malformed_predictions(tmp_path):
+    preds = tmp_path / "p.csv"
+    preds.write_text("a,b\n0.5\n")
+    answers = tmp_path / "y.csv"
+    answers.write_text("y\na\n")
+    assert_usage_error(crossent("score", str(preds), str(answers)), "malformed CSV")
+
+
+def test_text_in_probabilities(tmp_path):
+    preds = tmp_path / "p.csv"
+    preds.write_text("prob_a,prob_b\n0.5,half\n")
+    answers = tmp_path / "y.csv"
+    answers.write_text("y\na\n")
+    assert_usage_error(crossent("score", str(preds), str(answers)),
+                       "column 'prob_b' must hold probabilities, got text")
+
+
+def test_missing_id(tmp_path):
+    preds = tmp_path / "p.csv"
+    preds.write_text("id,a,b\nx,0.5,0.5\n")
+    answers = tmp_path / "y.csv"
+    answers.write_text("id,y\nz,a\n")
+    assert_usage_error(crossent("score", str(preds), str(answers), "--id", "id"),
+                       "has no prediction for id 'z'")
