@@ -676,7 +676,7 @@ def test_kernels_compile_for_sm90():
                                           **dict(opts, IS_PROB=True)), 8)
         split = dict(base, part_ptr="*fp32", plane="i32", CHUNK="i32", n_split="i32")
         del split["gs_ptr"], split["gs_stride"], split["g_ptr"], split["g_stride"]
-        del split["loss_ptr"], split["ignore_index"], split["z_loss"]
+        del split["loss_ptr"], split["z_loss"]
         build(K.ce_split_stats_kernel, split, dict(BLOCK=4096, IS_PROB=False, HAS_WEIGHT=True,
                                                    SMOOTH=True, HAS_SOFTCAP=True), 8)
         fin = dict(base, part_ptr="*fp32", plane="i32", CHUNK="i32", n_split="i32")

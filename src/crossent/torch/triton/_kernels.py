@@ -142,13 +142,15 @@ def _stats_range(x_row, t_row, w_ptr, lo, hi, keep, uniform, softcap, inv_softca
 
 @triton.jit
 def _row_target(x_row, t_row, w_ptr, ignore_index, keep, softcap, inv_softcap,
-                IS_PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr):
+                IS_PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+                LOAD_ZY: tl.constexpr):
     """Per-row target data: ``(y, valid, on_t, w_n, z_y)``.
 
     index: ``y`` (0 when ignored, so every load stays in bounds), ``valid = y != ignore``,
     ``on_t = (1-eps) w[y]`` and ``w_n = w[y]`` (both 0 if ignored), ``z_y`` the target's
-    (softcapped) logit.  probability: ``y = -1`` (matches no column), ``valid`` true,
-    ``on_t = 0``, ``w_n = 1``.
+    (softcapped) logit (0 without ``LOAD_ZY``: a program that may run after another one
+    overwrote the logits in place must not read them).  probability: ``y = -1`` (matches
+    no column), ``valid`` true, ``on_t = 0``, ``w_n = 1``.
     """
     if IS_PROB:
         y = tl.full((), -1, tl.int64)
@@ -166,12 +168,15 @@ def _row_target(x_row, t_row, w_ptr, ignore_index, keep, softcap, inv_softcap,
             w_y = tl.full((), 1.0, tl.float32)
         w_n = tl.where(valid, w_y, 0.0)
         on_t = keep * w_n
-        x_y = tl.load(x_row + y).to(tl.float32)
-        if HAS_SOFTCAP:
-            th, slope = _tanh_and_slope(x_y * inv_softcap)
-            z_y = softcap * th
+        if LOAD_ZY:
+            x_y = tl.load(x_row + y).to(tl.float32)
+            if HAS_SOFTCAP:
+                th, slope = _tanh_and_slope(x_y * inv_softcap)
+                z_y = softcap * th
+            else:
+                z_y = x_y
         else:
-            z_y = x_y
+            z_y = tl.full((), 0.0, tl.float32)
     return y, valid, on_t, w_n, z_y
 
 
@@ -179,7 +184,8 @@ def _row_target(x_row, t_row, w_ptr, ignore_index, keep, softcap, inv_softcap,
 def _finish(m, s, d, a_sum, on_t, z_y, w_n, valid, z_loss, HAS_ZLOSS: tl.constexpr):
     """Loss and softmax factor of a row from its merged statistics.
 
-    Adds the index target's ``on_t (z_y - r)`` to ``D`` and ``on_t`` to ``A``, then
+    Adds the index target's ``on_t (z_y - r)`` to ``D`` and ``on_t`` to ``A`` (callers that
+    already counted the target pass ``on_t = 0``), then
     ``loss = A log S - D (+ z_loss w_n lse^2)`` and ``P = A (+ 2 z_loss w_n lse)``, the
     factor of ``softmax`` in the gradient.  Returns ``(r, 1/S, loss, P)``.
     """
@@ -270,8 +276,9 @@ def ce_row_kernel(
         t_row = t_ptr + row * t_stride
     else:
         t_row = t_ptr + row
+    # the target's logit is read before anything is written (grad_out may be the logits)
     y, valid, on_t, w_n, z_y = _row_target(x_row, t_row, w_ptr, ignore_index, keep, softcap,
-                                           inv_softcap, IS_PROB, HAS_WEIGHT, HAS_SOFTCAP)
+                                           inv_softcap, IS_PROB, HAS_WEIGHT, HAS_SOFTCAP, True)
     NEED_COEF: tl.constexpr = IS_PROB or SMOOTH
     if SINGLE:
         cols = tl.arange(0, BLOCK)
@@ -321,19 +328,35 @@ def ce_row_kernel(
 def ce_split_stats_kernel(
     x_ptr, x_stride, t_ptr, t_stride, w_ptr,
     part_ptr,                   # (4, M, n_split) float32: m, S, D, A of every piece
-    plane, C, CHUNK, n_split, keep, uniform, softcap, inv_softcap,
+    plane,                      # M * n_split, from the host (int64 when it is large)
+    C, CHUNK, n_split, ignore_index, keep, uniform, softcap, inv_softcap,
     BLOCK: tl.constexpr, IS_PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr,
     SMOOTH: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
 ):
-    """Split-row pass 1: program ``(row, j)`` reduces columns ``[j CHUNK, (j+1) CHUNK)``."""
+    """Split-row pass 1: program ``(row, j)`` reduces columns ``[j CHUNK, (j+1) CHUNK)``.
+
+    The piece holding an index target's class also counts its ``(1-eps) w[y]`` term, so the
+    loss comes from the partials alone: pass 2 may overwrite the logits (in place) in any
+    order and never reads a logit outside its own piece.
+    """
     row = tl.program_id(0).to(tl.int64)
     j = tl.program_id(1)
     lo = j * CHUNK
     hi = tl.minimum(lo + CHUNK, C)
     x_row = x_ptr + row * x_stride
-    t_row = t_ptr + row * t_stride
+    if IS_PROB:
+        t_row = t_ptr + row * t_stride
+    else:
+        t_row = t_ptr + row
     m, s, d, a_sum = _stats_range(x_row, t_row, w_ptr, lo, hi, keep, uniform, softcap,
                                   inv_softcap, BLOCK, IS_PROB, HAS_WEIGHT, SMOOTH, HAS_SOFTCAP)
+    if not IS_PROB:
+        y, valid, on_t, w_n, z_y = _row_target(x_row, t_row, w_ptr, ignore_index, keep,
+                                               softcap, inv_softcap, IS_PROB, HAS_WEIGHT,
+                                               HAS_SOFTCAP, True)
+        mine = (y >= lo) & (y < hi) & (on_t != 0.0)  # 0 log 0 = 0 on the target too
+        d = d + tl.where(mine, on_t * (z_y - _ref(m)), 0.0)
+        a_sum = a_sum + tl.where((y >= lo) & (y < hi), on_t, 0.0)
     at = part_ptr + row * n_split + j
     tl.store(at, m)
     tl.store(at + plane, s)
@@ -344,16 +367,23 @@ def ce_split_stats_kernel(
 @triton.jit
 def ce_split_finish_kernel(
     x_ptr, x_stride, t_ptr, t_stride, w_ptr, gs_ptr, gs_stride, g_ptr, g_stride, loss_ptr,
-    part_ptr, plane, C, CHUNK, n_split,
+    part_ptr, plane, C, CHUNK, n_split,   # plane = M * n_split, as in the stats kernel
     ignore_index, keep, uniform, z_loss, softcap, inv_softcap,
     BLOCK: tl.constexpr, SPLIT_POW2: tl.constexpr,
     IS_PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr, SMOOTH: tl.constexpr,
     HAS_ZLOSS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_GRAD: tl.constexpr,
 ):
     """Split-row pass 2: merge the row's pieces, write the loss (piece 0), then the gradient
-    of this program's piece.  Without ``HAS_GRAD`` it is launched with one program per row."""
+    of this program's piece.  Without ``HAS_GRAD`` it is launched with one program per row.
+    Reads no logit outside its piece (see the stats kernel)."""
     row = tl.program_id(0).to(tl.int64)
-    j = tl.program_id(1)
+    if HAS_GRAD:
+        # Pieces are visited last-first.  On a GPU their order is arbitrary anyway; Triton's
+        # interpreter runs programs in grid order, and this order makes it overwrite (in
+        # place) later pieces before piece 0 writes the loss, as a GPU may.
+        j = n_split - 1 - tl.program_id(1)
+    else:
+        j = tl.program_id(1)
     x_row = x_ptr + row * x_stride
     if IS_PROB:
         t_row = t_ptr + row * t_stride
@@ -375,8 +405,11 @@ def ce_split_finish_kernel(
     d = tl.sum(d_k + a_k * (r_k - r), 0)
     a_sum = tl.sum(a_k, 0)
     y, valid, on_t, w_n, z_y = _row_target(x_row, t_row, w_ptr, ignore_index, keep, softcap,
-                                           inv_softcap, IS_PROB, HAS_WEIGHT, HAS_SOFTCAP)
-    r, inv_s, loss, p_factor = _finish(m, s, d, a_sum, on_t, z_y, w_n, valid, z_loss, HAS_ZLOSS)
+                                           inv_softcap, IS_PROB, HAS_WEIGHT, HAS_SOFTCAP, False)
+    # the target's term is in the partials already: on_t = 0 here
+    no_target = tl.full((), 0.0, tl.float32)
+    r, inv_s, loss, p_factor = _finish(m, s, d, a_sum, no_target, z_y, w_n, valid, z_loss,
+                                       HAS_ZLOSS)
     tl.store(loss_ptr + row, loss, mask=j == 0)
     if HAS_GRAD:
         scale = tl.load(gs_ptr + row * gs_stride).to(tl.float32)

@@ -26,7 +26,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-
 from crossent.torch._params import CrossEntropyParams
 
 from . import _kernels, require_triton
@@ -365,8 +364,8 @@ def cross_entropy_fwd(
         plane = rows * n_split
         k.ce_split_stats_kernel[(rows, n_split)](
             logits, logits.stride(0), target, t_stride, w, partials, plane, classes,
-            plan.chunk, n_split, **scalars, BLOCK=plan.block, num_warps=plan.num_warps,
-            **flags,
+            plan.chunk, n_split, ignore_index, **scalars, BLOCK=plan.block,
+            num_warps=plan.num_warps, **flags,
         )
         # without a gradient, one program per row merges and writes the loss
         k.ce_split_finish_kernel[(rows, n_split if has_grad else 1)](
