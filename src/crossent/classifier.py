@@ -30,7 +30,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from . import _semantics as sem
 from ._kernel import num_threads
@@ -467,7 +467,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         big = threads > 1 and not sparse.issparse(X) and X.size >= _PARALLEL_MIN_ENTRIES
         self.loss_curve_ = []
         self.n_iter_ = 0
-        with threadpool_limits(limits=1, user_api="blas"), \
+        with _one_blas_thread(), \
                 ThreadPoolExecutor(threads) if big else _NoPool() as pool:
             objective = _Objective(
                 X, y_idx, k, loss=self.loss, alpha=float(self.alpha),
@@ -624,6 +624,18 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = True
         return tags
+
+
+_controller: ThreadpoolController | None = None
+
+
+def _one_blas_thread():
+    """A context in which BLAS runs on one thread.  The controller (which scans the loaded
+    libraries, ~2 ms) is made once; limiting through it costs microseconds."""
+    global _controller
+    if _controller is None:
+        _controller = ThreadpoolController()
+    return _controller.limit(limits=1, user_api="blas")
 
 
 class _NoPool:
