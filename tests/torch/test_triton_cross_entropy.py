@@ -493,6 +493,39 @@ def test_without_gradient(variant):
     assert grad is None and torch.equal(loss, loss2)
 
 
+@pytest.mark.parametrize("variant", ["single", "split"])
+@pytest.mark.parametrize("kind", ["index", "prob"])
+def test_strided_inputs(kind, variant):
+    """Views, not copies: logits and gradient rows padded (row stride 50 > C = 37), an
+    index target / weight taken every other element, probability rows padded too.  The
+    wide tensors are moved to the device first and sliced there, so the views survive."""
+    g = gen(16)
+    x_wide = torch.randn(M, 50, generator=g) * 3
+    if kind == "index":
+        t_wide = index_target(2 * M, C, g, ignored=(2, 9))  # rows 1 and 4 of the view
+        params = P(label_smoothing=0.1)
+    else:
+        t_wide = torch.cat([prob_target(M, C, g), torch.zeros(M, 13)], 1)
+        params = P(probability=True, label_smoothing=0.1)
+    w_wide = torch.rand(2 * C, generator=g) + 0.5
+    scale = torch.randn(M, generator=g)
+
+    def views(x_wide, t_wide, w_wide):
+        return x_wide[:, :C], (t_wide[::2] if kind == "index" else t_wide[:, :C]), w_wide[::2]
+
+    x, target, weight = views(x_wide, t_wide, w_wide)
+    x_dev, t_dev, w_dev = views(x_wide.to(DEVICE), t_wide.to(DEVICE), w_wide.to(DEVICE))
+    assert x_dev.stride(0) == 50 and w_dev.stride(0) == 2
+    grad_wide = torch.zeros(M, 60, device=DEVICE)
+    loss = cross_entropy_fwd(x_dev, t_dev, params, w_dev, scale.to(DEVICE),
+                             grad_wide[:, 3:3 + C], **VARIANTS[variant])
+    ref_loss, ref_grad = reference(x, target, params, weight, scale)
+    assert_close(loss.cpu(), ref_loss, what="loss", rtol=1e-5, atol=2e-6)
+    assert_close(grad_wide[:, 3:3 + C].cpu(), ref_grad, what="grad", rtol=1e-5, atol=1e-6)
+    untouched = torch.cat([grad_wide[:, :3], grad_wide[:, 3 + C:]], 1)
+    assert torch.all(untouched == 0)  # nothing written outside the view
+
+
 @pytest.mark.parametrize("rows,classes", [(1, 1), (1, 2), (3, 1), (2, 3)])
 def test_tiny_shapes(rows, classes):
     """C = 1: log softmax is 0, the loss is the z-loss alone; N = 1: one program."""

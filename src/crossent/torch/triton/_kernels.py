@@ -253,7 +253,7 @@ def _grad_range(x_row, g_row, t_row, w_ptr, lo, hi, y, on_t, r, inv_s, p_factor,
 @triton.jit
 def ce_row_kernel(
     x_ptr, x_stride,            # logits (M, C), row stride; columns contiguous
-    t_ptr, t_stride,            # index target (M,) int64 or probabilities (M, C)
+    t_ptr, t_stride,            # index target (M,) int64 or probabilities (M, C); row stride
     w_ptr,                      # class weights (C,) (unused without HAS_WEIGHT)
     gs_ptr, gs_stride,          # gradient scale per row (stride 0: one scalar)
     g_ptr, g_stride,            # gradient (M, C) (unused without HAS_GRAD); may alias x
@@ -272,10 +272,7 @@ def ce_row_kernel(
     """
     row = tl.program_id(0).to(tl.int64)  # int64 before any multiply by a stride
     x_row = x_ptr + row * x_stride
-    if IS_PROB:
-        t_row = t_ptr + row * t_stride
-    else:
-        t_row = t_ptr + row
+    t_row = t_ptr + row * t_stride  # a probability row, or the one class index
     # the target's logit is read before anything is written (grad_out may be the logits)
     y, valid, on_t, w_n, z_y = _row_target(x_row, t_row, w_ptr, ignore_index, keep, softcap,
                                            inv_softcap, IS_PROB, HAS_WEIGHT, HAS_SOFTCAP, True)
@@ -344,10 +341,7 @@ def ce_split_stats_kernel(
     lo = j * CHUNK
     hi = tl.minimum(lo + CHUNK, C)
     x_row = x_ptr + row * x_stride
-    if IS_PROB:
-        t_row = t_ptr + row * t_stride
-    else:
-        t_row = t_ptr + row
+    t_row = t_ptr + row * t_stride  # a probability row, or the one class index
     m, s, d, a_sum = _stats_range(x_row, t_row, w_ptr, lo, hi, keep, uniform, softcap,
                                   inv_softcap, BLOCK, IS_PROB, HAS_WEIGHT, SMOOTH, HAS_SOFTCAP)
     if not IS_PROB:
@@ -385,10 +379,7 @@ def ce_split_finish_kernel(
     else:
         j = tl.program_id(1)
     x_row = x_ptr + row * x_stride
-    if IS_PROB:
-        t_row = t_ptr + row * t_stride
-    else:
-        t_row = t_ptr + row
+    t_row = t_ptr + row * t_stride  # a probability row, or the one class index
     # -- merge: the same rescaling as one step of the online loop, over all pieces at once --
     k = tl.arange(0, SPLIT_POW2)
     kmask = k < n_split

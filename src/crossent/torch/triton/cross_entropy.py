@@ -329,7 +329,7 @@ def cross_entropy_fwd(
     has_grad = grad_out is not None
     if params.probability and target.stride(1) != 1 and classes > 1:
         target = target.contiguous()  # the kernels read target rows like logits rows
-    t_stride = target.stride(0) if params.probability else 1
+    t_stride = target.stride(0)
     flags = dict(
         IS_PROB=bool(params.probability),
         HAS_WEIGHT=weight is not None,
@@ -342,7 +342,8 @@ def cross_entropy_fwd(
         softcap=float(softcap) if softcap is not None else 1.0,
         inv_softcap=1.0 / float(softcap) if softcap is not None else 1.0,
     )
-    w = weight if weight is not None else losses  # dummy pointer when unused
+    # the kernels read w[c] at w_ptr + c; a strided (C,) view is copied (C values)
+    w = weight.contiguous() if weight is not None else losses  # dummy pointer when unused
     gs = grad_scale if has_grad else losses
     gs_stride = (grad_scale.stride(0) if grad_scale.dim() == 1 else 0) if has_grad else 0
     g = grad_out if has_grad else losses
