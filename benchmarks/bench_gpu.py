@@ -323,6 +323,8 @@ def run_ce(args, torch, F, device, env, copy_gbps, rows):
                 if args.only and name not in args.only:
                     continue
                 row = dict(env, part="ce", provider=name, dtype=dname, N=n, V=v)
+                if _skip_liger(name, row, rows):
+                    continue
                 try:
                     step, check_step, plan, leaves = ce_provider(name, torch, F, x, y)
                     row["plan"] = plan
@@ -418,6 +420,8 @@ def run_linear(args, torch, F, device, env, rows):
         if args.only and name not in args.only:
             continue
         row = dict(env, part="linear", provider=name, dtype="bf16", N=n, D=d, V=v)
+        if _skip_liger(name, row, rows):
+            continue
         try:
             fn = linear_provider(name, torch, F)
             h = h0.clone().requires_grad_()
@@ -493,6 +497,18 @@ def run_int64(args, torch, F, device, env, rows):
 # --------------------------------------------------------------------------------------------
 # output
 # --------------------------------------------------------------------------------------------
+
+
+def _skip_liger(name, row, rows) -> bool:
+    """Liger is optional: without it, a 'skipped' row instead of an error."""
+    import importlib.util
+
+    if name != "liger" or importlib.util.find_spec("liger_kernel") is not None:
+        return False
+    row["check"] = "skipped (liger_kernel not installed)"
+    rows.append(row)
+    print(_line(row), flush=True)
+    return True
 
 
 def _round(value, digits):
