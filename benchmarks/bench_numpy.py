@@ -13,11 +13,15 @@ Modes: ``fwd+bwd`` (loss and gradient; the default) and ``fwd`` (loss only:
 
 How it measures
 ---------------
-* Every (shape, provider, mode) runs in its own fresh Python subprocess, so one provider's
-  allocations, thread pools and caches cannot help or hurt another's numbers.
-* Time: one warm-up call, then ``--repeats`` timed calls (``time.perf_counter``); the table
-  gives the median (machines are shared and noisy) and the minimum.  Each call returns a new
-  gradient, as a training step would, so page-faulting it in is part of the time.
+* Every (shape, provider, mode) runs in its own Python subprocess, so one provider's
+  allocations, thread pools and caches cannot help or hurt another's numbers.  The providers
+  of one shape live side by side and are timed round-robin (crossent, numpy, torch,
+  crossent, ...), only one running at a time, so a burst of load on a shared machine falls
+  on all of them alike.
+* Time: after the warm-up call(s) of the memory measurement, ``--repeats`` timed calls per
+  provider (``time.perf_counter``); the table gives the median (machines are shared and
+  noisy) and the minimum.  Each call returns a new gradient, as a training step would, so
+  page-faulting it in is part of the time.
 * GB/s from explicit byte counts, the least traffic the operation needs: read the logits
   once (N*C*4 bytes) and the targets once (N*8), and for ``fwd+bwd`` write the gradient once
   (N*C*4).  GB/s = bytes / median time.
@@ -148,7 +152,8 @@ def _peak_kib_rusage() -> int:
     return peak // 1024 if sys.platform == "darwin" else peak  # bytes on macOS, KiB on Linux
 
 
-def worker(provider: str, mode: str, rows: int, classes: int, repeats: int, seed: int) -> dict:
+def worker(provider: str, mode: str, rows: int, classes: int, seed: int) -> None:
+    """Serve the driver over stdin/stdout: ``memory`` -> JSON, ``time`` -> seconds, ``quit``."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -156,8 +161,30 @@ def worker(provider: str, mode: str, rows: int, classes: int, repeats: int, seed
     x *= 2.0
     y = rng.integers(0, classes, rows, dtype=np.int64)
     call = make_provider(provider, mode, x, y)
+    reply(json.dumps({"ready": True}))
+    for command in sys.stdin:
+        command = command.strip()
+        if command == "memory":
+            reply(json.dumps(measure_memory(provider, call)))
+        elif command == "time":
+            start = time.perf_counter()
+            result = call()
+            elapsed = time.perf_counter() - start
+            del result
+            reply(repr(elapsed))
+        elif command == "quit":
+            return
+        else:
+            raise SystemExit(f"worker: unknown command {command!r}")
 
-    # -- peak extra memory of one call --------------------------------------------------------
+
+def reply(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def measure_memory(provider: str, call) -> dict:
+    """Peak extra memory of one call (see the module docstring), and the thread count."""
     can_reset = _status_kib("VmHWM") is not None and _reset_peak()
     if can_reset:
         result = call()  # warm-up: lazy imports, thread pools, first-touch of code pages
@@ -183,15 +210,6 @@ def worker(provider: str, mode: str, rows: int, classes: int, repeats: int, seed
         traced = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         del result
-
-    # -- time ---------------------------------------------------------------------------------
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = call()
-        times.append(time.perf_counter() - start)
-        del result
-    threads = None
     if provider == "torch":
         import torch
 
@@ -202,8 +220,7 @@ def worker(provider: str, mode: str, rows: int, classes: int, repeats: int, seed
         threads = num_threads()
     else:
         threads = 1
-    return {"times": times, "extra_rss": extra_rss, "traced": traced, "method": method,
-            "threads": threads}
+    return {"extra_rss": extra_rss, "traced": traced, "method": method, "threads": threads}
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,6 +262,13 @@ def versions() -> dict:
     return out
 
 
+def _load_average() -> float | str:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return "-"
+
+
 def parse_shapes(text: str) -> list[tuple[int, int]]:
     shapes = []
     for item in text.split(","):
@@ -259,17 +283,57 @@ def parse_shapes(text: str) -> list[tuple[int, int]]:
     return shapes
 
 
-def run_worker(args, provider: str, mode: str, n: int, c: int) -> dict:
-    env = dict(os.environ)
-    if args.threads:
-        env["CROSSENT_NUM_THREADS"] = str(args.threads)
-        env["OMP_NUM_THREADS"] = str(args.threads)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", provider, "--modes", mode,
-           "--shapes", f"{n}x{c}", "--repeats", str(args.repeats), "--seed", str(args.seed)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise SystemExit(f"worker {provider} {mode} {n}x{c} failed:\n{proc.stderr}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+class Worker:
+    """One provider in its own process, holding its inputs, answering the driver's commands."""
+
+    def __init__(self, args, provider: str, mode: str, n: int, c: int):
+        env = dict(os.environ)
+        if args.threads:
+            env["CROSSENT_NUM_THREADS"] = str(args.threads)
+            env["OMP_NUM_THREADS"] = str(args.threads)
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", provider,
+               "--modes", mode, "--shapes", f"{n}x{c}", "--seed", str(args.seed)]
+        self.name = f"{provider} {mode} {n}x{c}"
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, env=env)
+        self._read()  # {"ready": true}: inputs allocated
+
+    def _read(self) -> str:
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait()
+            raise SystemExit(f"worker {self.name} failed (exit status {self.proc.returncode})")
+        return line
+
+    def ask(self, command: str) -> str:
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.close()
+            self.proc.wait()
+
+
+def measure(args, providers: list[str], mode: str, n: int, c: int) -> dict:
+    """All providers of one (shape, mode) side by side: memory one at a time, then the timed
+    calls round-robin, so a burst of load on a shared machine hits every provider alike."""
+    workers = {}
+    try:
+        for name in providers:  # started one at a time: no provider's setup overlaps a timing
+            workers[name] = Worker(args, name, mode, n, c)
+        results = {name: json.loads(w.ask("memory")) for name, w in workers.items()}
+        for r in results.values():
+            r["times"] = []
+        for _ in range(args.repeats):
+            for name, w in workers.items():
+                results[name]["times"].append(float(w.ask("time")))
+    finally:
+        for w in workers.values():
+            w.close()
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -303,11 +367,9 @@ def main(argv: list[str] | None = None) -> int:
         if m not in MODES:
             raise SystemExit(f"--modes: expected some of {', '.join(MODES)}, got {m!r}")
 
-    if args.worker:  # inside a subprocess: measure one thing, print JSON
+    if args.worker:  # inside a subprocess: one provider, one shape, one mode
         (n, c), = shapes
-        if args.threads:
-            os.environ["CROSSENT_NUM_THREADS"] = str(args.threads)
-        print(json.dumps(worker(args.worker, modes[0], n, c, args.repeats, args.seed)))
+        worker(args.worker, modes[0], n, c, args.seed)
         return 0
 
     providers = [s.strip() for s in args.providers.split(",")]
@@ -320,7 +382,9 @@ def main(argv: list[str] | None = None) -> int:
     date = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
     print(f"crossent {vers['crossent']} | numpy {vers['numpy']} | scipy {vers['scipy']} | "
           f"torch {vers['torch']} | Python {vers['python']}")
-    print(f"{info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB | {date}")
+    load = _load_average()
+    print(f"{info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB | {date} | "
+          f"load average {load} (other work on the machine slows every provider alike)")
     print(f"float32 logits, int64 class indices, reduction='mean'; median of {args.repeats} "
           f"runs; GB/s = (read logits + targets{' + write gradient' if 'fwd+bwd' in modes else ''}"
           ") / median time")
@@ -329,9 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for mode in modes:
         for n, c in shapes:
-            results = {}
-            for name in providers:
-                results[name] = run_worker(args, name, mode, n, c)
+            results = measure(args, providers, mode, n, c)
             input_bytes = n * c * 4
             moved = input_bytes + n * 8 + (input_bytes if mode == "fwd+bwd" else 0)
             for name in providers:
@@ -353,6 +415,9 @@ def main(argv: list[str] | None = None) -> int:
                     "tracemalloc_peak_mib": (round(r["traced"] / MiB, 1)
                                              if r["traced"] is not None else ""),
                     "memory_method": r["method"],
+                    "load_avg_at_start": load,
+                    "command": " ".join(["python", "benchmarks/bench_numpy.py",
+                                         *(argv if argv is not None else sys.argv[1:])]),
                 }
                 for other in ("numpy", "torch"):
                     if other in results:
