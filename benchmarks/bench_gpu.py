@@ -543,9 +543,9 @@ def main(argv=None) -> int:
         if "triton" in sys.modules:
             print("triton was imported before TRITON_INTERPRET could be set", file=sys.stderr)
             return 2
+    import torch
     import torch.nn.functional as F
 
-    import torch
     from crossent.torch.triton import require_triton
 
     device = torch.device(args.device)

@@ -5,8 +5,9 @@
 * ``"torch"``: the same maths in row blocks of plain torch operations; any device.
 * ``"triton"``: Triton kernels (:mod:`crossent.torch.triton`); CUDA tensors, or CPU tensors
   under ``TRITON_INTERPRET=1`` (how the test-suite checks them without a GPU).
-* ``"auto"``: ``"cpu"`` for CPU tensors, ``"triton"`` for CUDA tensors when triton is
-  installed, ``"torch"`` otherwise.
+* ``"auto"``: ``"cpu"`` for CPU tensors, ``"triton"`` for float32/float16/bfloat16 CUDA
+  tensors when triton is installed, ``"torch"`` otherwise (float64 included: the kernels
+  compute in float32).
 
 An explicit choice that cannot run raises ``RuntimeError`` naming what is missing; an unknown
 name raises ``ValueError``.  Nothing falls back silently.
@@ -24,17 +25,17 @@ def _triton_ready(device: torch.device) -> bool:
         from .triton import is_available
     except ImportError:
         return False
-    return bool(is_available(device))
+    return bool(is_available(device, allow_interpreter=False))
 
 
-def resolve_impl(impl: str, device: torch.device) -> str:
-    """The concrete executor for ``impl`` on ``device`` (never ``"auto"``)."""
+def resolve_impl(impl: str, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
+    """The concrete executor for ``impl`` on ``device`` for logits of ``dtype``."""
     if not isinstance(impl, str) or impl not in IMPLS:
         raise ValueError(f"impl must be one of {', '.join(map(repr, IMPLS))}, got {impl!r}")
     if impl == "auto":
         if device.type == "cpu":
             return "cpu"
-        if device.type == "cuda" and _triton_ready(device):
+        if device.type == "cuda" and dtype != torch.float64 and _triton_ready(device):
             return "triton"
         return "torch"
     if impl == "cpu" and device.type != "cpu":
@@ -51,4 +52,9 @@ def resolve_impl(impl: str, device: torch.device) -> str:
                 "install crossent[triton] or use impl='auto'"
             ) from exc
         require_triton(device)
+        if dtype == torch.float64:
+            raise RuntimeError(
+                "impl='triton' computes in float32 and does not take float64 logits; use "
+                "impl='auto' (which picks 'cpu' or 'torch' for float64) or 'torch'"
+            )
     return impl

@@ -184,7 +184,7 @@ def cross_entropy(
                 f"weight must be on the input's device {input.device}, got {weight.device}"
             )
         weight = weight.detach()
-    impl = resolve_impl(impl, input.device)
+    impl = resolve_impl(impl, input.device, input.dtype)
 
     classes = layout.num_classes
     if layout.spatial:  # (N, C, d1..dK) -> (N*d1*..*dK, C), classes last (a copy)

@@ -328,7 +328,7 @@ def linear_cross_entropy(
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
         chunk = min(chunk_size, max(rows, 1))
-    impl = resolve_impl(impl, input.device)
+    impl = resolve_impl(impl, input.device, input.dtype)
 
     h = input.reshape(rows, features)
     if h.stride(-1) != 1:

@@ -26,6 +26,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+
 from crossent.torch._params import CrossEntropyParams
 
 from . import _kernels, require_triton
