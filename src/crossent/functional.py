@@ -11,8 +11,10 @@ float16; float32 and float64 keep their dtype.
 Where PyTorch returns NaN only through ``0 * log 0``, these functions return the finite,
 mathematically right value:
 
-* probability targets (and smoothing with a zero class weight) with probability 0 on a class
-  whose logit is ``-inf``: that class contributes 0 (PyTorch: NaN);
+* :func:`cross_entropy`: a class whose target coefficient is 0 and whose logit is ``-inf``
+  contributes 0 (PyTorch: NaN).  The coefficient is 0 for a probability-target entry of 0,
+  for a class index whose class weight is 0, and, under label smoothing, for a class whose
+  weight is 0.  A positive coefficient on a ``-inf`` logit still costs ``inf``;
 * ignored elements whose logits are not finite: gradient 0 (PyTorch: NaN, pytorch#11551);
 * :func:`binary_cross_entropy_with_logits` at ``(+inf, y=1)`` and ``(-inf, y=0)``: loss 0,
   gradient 0 (PyTorch: NaN, pytorch#49844); at ``(-inf, y>0)`` the loss is ``inf``, the
