@@ -1075,3 +1075,16 @@ def test_float16_elementwise_losses_round_once(rng, name):
         assert grad16.dtype == np.float16
         ulp = np.spacing(np.abs(grad64).astype(np.float16)).astype(np.float64)
         assert (np.abs(grad16.astype(np.float64) - grad64) <= ulp).all()
+
+
+def test_zero_weight_target_class_on_minus_inf_costs_nothing():
+    """Index target whose class weight is 0 and whose logit is -inf: 0 * log 0 = 0 (PyTorch:
+    NaN); the row still counts nothing in the 'mean' denominator (weight 0)."""
+    x = np.array([[1.6, -0.5, -INF], [0.3, 2.0, 1.0]])
+    w = np.array([1.0, 0.5, 0.0])
+    loss, grad = fn.cross_entropy_with_grad(x, [2, 1], w, reduction="none")
+    ref, ref_grad = torch_cross_entropy(x, [2, 1], w, reduction="none")
+    assert np.isnan(ref[0]) and loss[0] == 0.0
+    close64(loss[1], ref[1])
+    np.testing.assert_array_equal(grad[0], 0.0)
+    close64(grad[1], ref_grad[1])
