@@ -140,7 +140,9 @@ class _Objective:
         self.pool = pool
         self.blocks = None
         if pool is not None and not sparse.issparse(X):
-            parts = getattr(pool, "_max_workers", 1)
+            # a few blocks per thread, so that a thread slowed by another process does not
+            # hold the others up: the pool hands out blocks as threads come free
+            parts = 4 * getattr(pool, "_max_workers", 1)
             bounds = np.linspace(0, X.shape[0], parts + 1).astype(np.int64)
             self.blocks = [(int(a), int(c)) for a, c in zip(bounds[:-1], bounds[1:]) if c > a]
 
