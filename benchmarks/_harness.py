@@ -53,6 +53,15 @@ def _peak_kib_rusage() -> int:
     return peak // 1024 if sys.platform == "darwin" else peak  # bytes on macOS, KiB on Linux
 
 
+def peak_extra_bytes(call: Callable[[], object]) -> tuple[int, str, object]:
+    """Peak memory growth during one ``call()`` (warm up first): ``(bytes, method, result)``."""
+    can_reset = _status_kib("VmHWM") is not None and _reset_peak()
+    before = _status_kib("VmRSS") if can_reset else _peak_kib_rusage()
+    result = call()
+    peak = _status_kib("VmHWM") if can_reset else _peak_kib_rusage()
+    return max(0, peak - before) * 1024, ("VmHWM-VmRSS" if can_reset else "ru_maxrss-RSS"), result
+
+
 def measure(call: Callable[[], object], repeats: int, prepare: Callable[[], None] | None = None
             ) -> dict:
     """Warm up, then time ``repeats`` calls; the first timed call also gives peak memory.
@@ -67,21 +76,16 @@ def measure(call: Callable[[], object], repeats: int, prepare: Callable[[], None
     once()
     result = call()  # warm-up: lazy imports, thread pools, compilation
     del result
-    times = []
-    extra = None
-    method = "VmHWM-VmRSS"
-    for i in range(repeats):
+    once()
+    start = time.perf_counter()
+    extra, method, result = peak_extra_bytes(call)
+    times = [time.perf_counter() - start]
+    del result
+    for _ in range(repeats - 1):
         once()
-        if i == 0:
-            can_reset = _status_kib("VmHWM") is not None and _reset_peak()
-            before = _status_kib("VmRSS") if can_reset else _peak_kib_rusage()
-            method = "VmHWM-VmRSS" if can_reset else "ru_maxrss-RSS"
         start = time.perf_counter()
         result = call()
         times.append(time.perf_counter() - start)
-        if i == 0:
-            peak = _status_kib("VmHWM") if can_reset else _peak_kib_rusage()
-            extra = max(0, peak - before) * 1024
         del result
     return {"times": times, "extra_bytes": extra, "memory_method": method}
 

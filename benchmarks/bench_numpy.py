@@ -49,12 +49,13 @@ import csv
 import datetime as dt
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import _harness as h
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_SHAPES = "4096x32000,1024x128256"  # Llama 2 and Llama 3 vocabularies
@@ -125,33 +126,6 @@ def make_provider(name: str, mode: str, x, y):
 # --------------------------------------------------------------------------------------------
 
 
-def _status_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_kib_rusage() -> int:
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak // 1024 if sys.platform == "darwin" else peak  # bytes on macOS, KiB on Linux
-
-
 def worker(provider: str, mode: str, rows: int, classes: int, seed: int) -> None:
     """Serve the driver over stdin/stdout: ``memory`` -> JSON, ``time`` -> seconds, ``quit``."""
     import numpy as np
@@ -185,21 +159,9 @@ def reply(line: str) -> None:
 
 def measure_memory(provider: str, call) -> dict:
     """Peak extra memory of one call (see the module docstring), and the thread count."""
-    can_reset = _status_kib("VmHWM") is not None and _reset_peak()
-    if can_reset:
-        result = call()  # warm-up: lazy imports, thread pools, first-touch of code pages
-        del result
-        before = _status_kib("VmRSS")
-        _reset_peak()
-        result = call()
-        peak = _status_kib("VmHWM")
-        method = "VmHWM-VmRSS"
-    else:
-        before = _status_kib("VmRSS") or _peak_kib_rusage()
-        result = call()
-        peak = _peak_kib_rusage()
-        method = "ru_maxrss-RSS"
-    extra_rss = max(0, peak - before) * 1024
+    result = call()  # warm-up: lazy imports, thread pools, first-touch of code pages
+    del result
+    extra_rss, method, result = h.peak_extra_bytes(call)
     del result
     traced = None
     if provider != "torch":
@@ -226,40 +188,6 @@ def measure_memory(provider: str, call) -> dict:
 # --------------------------------------------------------------------------------------------
 # Driver
 # --------------------------------------------------------------------------------------------
-
-
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    mem_gib = None
-    try:
-        mem_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (ValueError, OSError, AttributeError):
-        pass
-    return {"cpu": cpu, "cores": cores, "memory_gib": mem_gib, "os": platform.platform()}
-
-
-def versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for dist in ("crossent", "numpy", "scipy", "torch"):
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            out[dist] = "-"
-    return out
 
 
 def _load_average() -> float | str:
@@ -377,8 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         if name not in PROVIDERS:
             raise SystemExit(f"--providers: expected some of {', '.join(PROVIDERS)}, "
                              f"got {name!r}")
-    info = machine()
-    vers = versions()
+    info = h.machine()
+    vers = h.versions()
     date = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
     print(f"crossent {vers['crossent']} | numpy {vers['numpy']} | scipy {vers['scipy']} | "
           f"torch {vers['torch']} | Python {vers['python']}")
