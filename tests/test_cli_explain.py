@@ -74,6 +74,8 @@ def test_bad_input_is_one_line_on_stderr_and_exit_2(args, fragment):
     (["--logits", "1000", "0", "--target", "1"], "L = -ln p[1] = 1000.000000 nats"),  # stable
     (["--probs", "0", "1", "--target", "0"], "L = -ln p[0] = inf nats"),  # p = 0: infinite
     (["--logits", "2", "4", "0.5", "--target", "1"], "L = -ln p[1] = 0.153178 nats"),  # case 2
+    # negative numbers in scientific notation are values, not options
+    (["--logits", "1", "-2.5e3", "--target", "1"], "L = -ln p[1] = 2501.000000 nats"),
 ])
 def test_more_examples(capsys, args, expected):
     assert main(["explain", *args]) == 0
