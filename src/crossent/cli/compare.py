@@ -16,7 +16,7 @@ from . import _common as common
 from .train import add_model_options, make_model
 
 DEFAULT_PLOT = "compare.png"
-DEFAULT_EPOCHS = 20
+DEFAULT_EPOCHS = 50
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
