@@ -31,7 +31,20 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DataError", "Dataset", "load_digits", "load_file", "read_table", "train_test_split"]
+__all__ = [
+    "DataError",
+    "Dataset",
+    "Table",
+    "load_digits",
+    "load_file",
+    "read_table",
+    "load_npy",
+    "default_target",
+    "resolve_target",
+    "label_column",
+    "check_classes",
+    "train_test_split",
+]
 
 DIGITS = "digits"
 _INTEGER = re.compile(r"^[+-]?\d+$")

@@ -51,8 +51,8 @@ def add_model_options(p: argparse.ArgumentParser, *, loss: bool = True,
                    help=epochs_help or "most iterations (lbfgs, gd) or epochs (sgd) "
                    "(default: 1000; training stops earlier once converged)")
     g.add_argument("--lr", type=common.learning_rate, default="auto", metavar="RATE",
-                   help="step size of gd and sgd; 'auto' is 1/L, L the gradient's "
-                   "Lipschitz bound (default: auto)")
+                   help="step size of gd and sgd; 'auto' is 1/L for gd and (1 - 0.9)/L for "
+                   "sgd (momentum 0.9), L the gradient's Lipschitz bound (default: auto)")
     g.add_argument("--alpha", type=common.non_negative, default=1e-3,
                    help="L2 penalty on the weights (default: 0.001)")
     g.add_argument("--batch-size", type=common.positive_int, default=64, metavar="N",
