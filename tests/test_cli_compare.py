@@ -20,7 +20,8 @@ def crossent(*args: str, cwd=None) -> subprocess.CompletedProcess:
 
 
 def png_size(path) -> tuple[int, int]:
-    data = open(path, "rb").read(24)
+    with open(path, "rb") as fh:
+        data = fh.read(24)
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     return struct.unpack(">II", data[16:24])
 

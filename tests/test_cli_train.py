@@ -38,7 +38,8 @@ def number(label: str, text: str) -> float:
 
 
 def png_size(path) -> tuple[int, int]:
-    data = open(path, "rb").read(24)
+    with open(path, "rb") as fh:
+        data = fh.read(24)
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     return struct.unpack(">II", data[16:24])
 
