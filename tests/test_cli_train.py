@@ -215,3 +215,21 @@ def test_bad_options(args, fragment):
 def test_diverging_learning_rate_is_a_usage_error():
     assert_usage_error(crossent("train", "--solver", "gd", "--lr", "1e200", "--epochs", "20"),
                        "gd diverged (the objective is no longer finite); lower learning_rate")
+
+
+def test_progress_bar_on_a_terminal(monkeypatch, capsys):
+    """Iterative solvers show a tqdm bar on stderr when it is a terminal (and none otherwise,
+    as every subprocess test above checks)."""
+    import io
+
+    from crossent.cli import main
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main(["train", "--solver", "sgd", "--epochs", "3"]) == 0
+    assert "train (sgd):" in terminal.getvalue() and "/3 [" in terminal.getvalue()
+    assert "1437 train / 360 test rows" in capsys.readouterr().out
