@@ -164,7 +164,7 @@ def test_parallel_row_blocks_give_the_same_objective(rng):
                 label_smoothing=0.0)
     serial = _Objective(X, y, 5, **args).value_and_grad(W, b)
     with ThreadPoolExecutor(3) as pool:
-        parallel = _Objective(X, y, 5, pool=pool, **args).value_and_grad(W, b)
+        parallel = _Objective(X, y, 5, pool=pool, threads=3, **args).value_and_grad(W, b)
     for a, c in zip(serial, parallel):
         np.testing.assert_allclose(a, c, rtol=1e-12)
 

@@ -125,7 +125,7 @@ class _Objective:
     """
 
     def __init__(self, X, y, n_classes, *, loss, alpha, class_weight, sample_weight,
-                 label_smoothing, pool=None):
+                 label_smoothing, pool=None, threads=1):
         self.X = X
         self.y = y
         self.n_classes = n_classes
@@ -142,7 +142,7 @@ class _Objective:
         if pool is not None and not sparse.issparse(X):
             # a few blocks per thread, so that a thread slowed by another process does not
             # hold the others up: the pool hands out blocks as threads come free
-            parts = 4 * getattr(pool, "_max_workers", 1)
+            parts = 4 * threads
             bounds = np.linspace(0, X.shape[0], parts + 1).astype(np.int64)
             self.blocks = [(int(a), int(c)) for a, c in zip(bounds[:-1], bounds[1:]) if c > a]
 
@@ -475,6 +475,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
                 X, y_idx, k, loss=self.loss, alpha=float(self.alpha),
                 class_weight=class_weight, sample_weight=None if sample_weight is None else s,
                 label_smoothing=float(self.label_smoothing), pool=pool if big else None,
+                threads=threads,
             )
             W, b = np.zeros((k, d)), np.zeros(k)
             solve = {"lbfgs": self._fit_lbfgs, "gd": self._fit_gd, "sgd": self._fit_sgd}
