@@ -45,7 +45,6 @@ with the machine (CPU model, cores, memory), the versions and the date.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import json
 import os
@@ -354,13 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
     print_table(rows)
     if not args.no_csv:
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
-        fields = list(dict.fromkeys(k for row in rows for k in row))
-        with open(args.csv, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
-        print(f"\nwrote {args.csv}")
+        h.write_csv(args.csv, rows)
     return 0
 
 
@@ -377,15 +370,7 @@ def print_table(rows: list[dict]) -> None:
             f"{r['peak_extra_mib']:.0f}", f"{r['peak_extra_over_input']:.2f}",
             f"{r['tracemalloc_peak_mib']:.0f}" if r["tracemalloc_peak_mib"] != "" else "-",
         ])
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    right = {3, 4, 5, 6, 7, 8, 9, 10, 11}
-    for k, row in enumerate(table):
-        cells = [c.rjust(w) if i in right else c.ljust(w)
-                 for i, (c, w) in enumerate(zip(row, widths))]
-        print("| " + " | ".join(cells) + " |")
-        if k == 0:
-            print("|" + "|".join(("-" * (w + 1) + ":") if i in right else "-" * (w + 2)
-                                 for i, w in enumerate(widths)) + "|")
+    h.print_table(header, table[1:], right={3, 4, 5, 6, 7, 8, 9, 10, 11})
 
 
 if __name__ == "__main__":

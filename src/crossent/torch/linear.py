@@ -33,6 +33,7 @@ from .. import _semantics as sem
 from ._impl import resolve_impl
 from ._params import CrossEntropyParams
 from ._rows import check_targets_and_scale, compute_dtype, rows_executor
+from .functional import _check_tensor, _dtype_name
 
 #: Memory the ``(chunk, V)`` logits buffer may use, counted in float32: 256 MiB.
 CHUNK_BUDGET_BYTES = 256 << 20
@@ -193,12 +194,6 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 _scaled(db, grad_output, b_dtype, in_place)) + (None,) * 9
 
 
-def _check_tensor(value: Any, name: str) -> torch.Tensor:
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    return value
-
-
 def linear_cross_entropy(
     input: torch.Tensor,
     linear_weight: torch.Tensor,
@@ -249,8 +244,8 @@ def linear_cross_entropy(
     target = _check_tensor(target, "target")
     for name, t in (("input", input), ("linear_weight", linear_weight)):
         if not t.is_floating_point():
-            raise sem.LogitsTypeError(f"{name} must be a floating-point tensor, got dtype "
-                                      f"{str(t.dtype).replace('torch.', '')}")
+            raise sem.LogitsTypeError(
+                f"{name} must be a floating-point tensor, got dtype {_dtype_name(t)}")
     if input.ndim < 1:
         raise sem.ArgumentError("input must have shape (..., D), got a 0-d tensor")
     if linear_weight.ndim != 2:
