@@ -13,7 +13,11 @@ torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 
 import crossent.torch as ct  # noqa: E402
-from crossent.torch.linear import CHUNK_BUDGET_BYTES, choose_chunk_size  # noqa: E402
+from crossent.torch.linear import (  # noqa: E402
+    CHUNK_BUDGET_BYTES,
+    MIN_CHUNK_ROWS,
+    choose_chunk_size,
+)
 
 IMPLS = ["cpu", "torch"]
 
@@ -175,9 +179,10 @@ def test_module():
 
 
 def test_chunk_rule():
-    assert choose_chunk_size(10_000, 32000) == CHUNK_BUDGET_BYTES // (4 * 32000)
+    assert choose_chunk_size(10_000, 32000) == CHUNK_BUDGET_BYTES // (4 * 32000)  # the budget
+    assert choose_chunk_size(10_000, 128256) == MIN_CHUNK_ROWS  # the floor for fast products
     assert choose_chunk_size(5, 32000) == 5  # never more rows than there are
-    assert choose_chunk_size(10, 10**12) == 1  # never fewer than one
+    assert choose_chunk_size(0, 32000) == 1  # and at least one
 
 
 @pytest.mark.parametrize(("make", "error", "message"), [
