@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import re
 import struct
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from cli_support import crossent
 
 pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
-
-
-def crossent(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "crossent", *args], capture_output=True,
-                          text=True, timeout=300, cwd=cwd)
 
 
 def png_size(path) -> tuple[int, int]:

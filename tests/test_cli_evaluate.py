@@ -3,26 +3,12 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from cli_support import assert_usage_error, crossent
 
 pytest.importorskip("sklearn")
-
-
-def crossent(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "crossent", *args], capture_output=True,
-                          text=True, timeout=300)
-
-
-def assert_usage_error(result: subprocess.CompletedProcess, fragment: str) -> None:
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    assert result.stdout == ""
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    assert lines[0].startswith("crossent evaluate: error: ") and fragment in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")

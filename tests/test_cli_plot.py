@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import struct
-import subprocess
-import sys
 
 import pytest
+from cli_support import crossent
 
 pytest.importorskip("matplotlib")
-
-
-def crossent(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "crossent", *args], capture_output=True,
-                          text=True, timeout=120, cwd=cwd)
 
 
 def png_size(path) -> tuple[int, int]:

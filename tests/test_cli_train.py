@@ -10,25 +10,10 @@ import sys
 
 import numpy as np
 import pytest
+from cli_support import assert_usage_error, crossent
 
 pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
-
-
-def crossent(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "crossent", *args], capture_output=True,
-                          text=True, timeout=300, cwd=cwd)
-
-
-def assert_usage_error(result: subprocess.CompletedProcess, fragment: str) -> None:
-    """Exit status 2, nothing on stdout, one readable line on stderr, no traceback."""
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    assert result.stdout == ""
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    assert lines[0].startswith("crossent train: error: "), lines[0]
-    assert fragment in lines[0], lines[0]
 
 
 def number(label: str, text: str) -> float:
