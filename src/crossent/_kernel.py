@@ -231,9 +231,10 @@ def fused_softmax_cross_entropy(
         else:
             coef = c_buf[:b]
             np.copyto(coef, targets.probability[s:e], casting="unsafe")
-            if smoothing:
-                coef *= 1.0 - smoothing
-                coef += smoothing / classes
+            if smoothing:  # sem.smoothed_probabilities, applied in place
+                on_target, uniform = sem.smoothing_terms(smoothing, classes)
+                coef *= on_target
+                coef += uniform
             if targets.prob_scale is not None:
                 coef *= targets.prob_scale
             coef_sum = coef.sum(axis=1)
