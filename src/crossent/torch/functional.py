@@ -117,6 +117,8 @@ def cross_entropy(
         softcap: Gemma-2 style logit soft-capping (keyword).
         inplace_backward: write the gradient into ``input``'s memory (its values are
             destroyed), so forward + backward need no second ``N x C`` tensor (keyword).
+            ``(N, C, d1..dK)`` inputs are first copied to class-last rows; that copy is
+            what gets consumed, and a backward through the graph can run only once.
         impl: ``"auto"``, ``"cpu"``, ``"torch"`` or ``"triton"`` (keyword); see
             :mod:`crossent.torch._impl`.
 
