@@ -173,7 +173,7 @@ def _rows_back(g: np.ndarray, layout: sem.ClassLayout) -> np.ndarray:
     return g.reshape(layout.input_shape)
 
 
-def softmax_cross_entropy_rows(
+def _softmax_cross_entropy_rows(
     x: np.ndarray,  # (M, C) logits, classes last
     target: np.ndarray,  # (M,) class indices or (M, C) probabilities
     *,
@@ -186,14 +186,14 @@ def softmax_cross_entropy_rows(
     softcap: float | None,
     cd: np.dtype,
     grad_output: np.ndarray | None,  # scalar, or (M,) for 'none'; None: no gradient
-    grad_out: np.ndarray | None = None,  # (M, C) buffer for the gradient (may alias x)
-    bfloat16: bool = False,
+    grad_out: np.ndarray | None = None,  # (M, C) buffer for the gradient
     target_shape: tuple[int, ...] | None = None,  # for error positions
 ) -> tuple[np.ndarray, Any]:
-    """The executor core: per-row losses and the gradient (into ``grad_out``), in one pass.
+    """Per-row losses and the gradient (into ``grad_out``), in one pass, for the NumPy API.
 
-    Arguments are already validated and laid out as rows; the torch executor calls this
-    with NumPy views of its tensors.  ``grad_output`` is the upstream gradient of the
+    Arguments are already validated and laid out as rows (the torch executor has its own
+    entry, :func:`crossent.torch._rows.cross_entropy_rows_cpu`, because there the gradient
+    scale arrives as a tensor).  ``grad_output`` is the upstream gradient of the
     *reduced* loss; the ``'mean'`` denominator is folded into the gradient here.  Returns
     ``(per-row losses in cd, the 'mean' denominator)``; reduce with
     :func:`crossent._semantics.reduce_loss`.
@@ -220,7 +220,7 @@ def softmax_cross_entropy_rows(
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         per_row = fused_softmax_cross_entropy(
             x, targets, scale, cd, softcap=softcap,
-            grad_out=grad_out if grad_output is not None else None, bfloat16=bfloat16,
+            grad_out=grad_out if grad_output is not None else None,
         )
     return per_row, np.asarray(denominator, dtype=cd)
 
@@ -265,7 +265,7 @@ def _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothi
         go = as_grad_output(grad_output, loss_shape, cd)
         go = go.reshape(-1) if reduction == "none" else go[()]
     grad = np.empty(rows_x.shape, dtype=x.dtype) if want_grad else None
-    per_row, denominator = softmax_cross_entropy_rows(
+    per_row, denominator = _softmax_cross_entropy_rows(
         rows_x, rows_target, probability=probability, weight=w, ignore_index=ignore_index,
         reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
         cd=cd, grad_output=go, grad_out=grad, target_shape=target.shape,

@@ -14,7 +14,7 @@ The maths is the one of :mod:`crossent._semantics` (module docstring).  Ignored 
 
 :func:`check_targets_and_scale` is what every executor except ``"cpu"`` needs first: the
 range check of class indices, the ``'mean'`` denominator and the gradient scale, all on the
-device (the NumPy pass does the same inside :func:`crossent.functional.softmax_cross_entropy_rows`).
+device (the NumPy API does the same in NumPy, in ``crossent.functional``).
 """
 
 from __future__ import annotations

@@ -33,6 +33,17 @@ def _loss_dtype(input: torch.Tensor, target: torch.Tensor, probability: bool) ->
     return torch.promote_types(input.dtype, target.dtype) if probability else input.dtype
 
 
+def refuse_double_backward(op: str) -> None:
+    """The gradient was computed in the forward pass, so there is no graph to differentiate
+    again: say so instead of returning a wrong second derivative."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            f"crossent.torch.{op} computes its gradient in the forward pass and does not "
+            "support double backward (create_graph=True); use the plain PyTorch op for "
+            "higher-order gradients"
+        )
+
+
 class _FusedCrossEntropy(torch.autograd.Function):
     """Autograd for the fused pass: forward keeps the gradient, backward scales it."""
 
@@ -55,12 +66,7 @@ class _FusedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
-        if torch.is_grad_enabled():
-            raise RuntimeError(
-                "crossent.torch.cross_entropy computes its gradient in the forward pass and "
-                "does not support double backward (create_graph=True); use "
-                "torch.nn.functional.cross_entropy for higher-order gradients"
-            )
+        refuse_double_backward("cross_entropy")
         if ctx.inplace and ctx.used and not torch.compiler.is_compiling():
             # the first backward scaled the gradient where it lies; a second would scale twice
             raise RuntimeError(

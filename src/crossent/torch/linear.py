@@ -36,7 +36,7 @@ from .. import _semantics as sem
 from ._impl import resolve_impl
 from ._params import CrossEntropyParams
 from ._rows import check_targets_and_scale, compute_dtype, rows_executor
-from .functional import _check_tensor, _dtype_name
+from .functional import _check_tensor, _dtype_name, refuse_double_backward
 
 #: Memory the ``(chunk, V)`` logits buffer may use, counted in float32: 128 MiB ...
 CHUNK_BUDGET_BYTES = 128 << 20
@@ -165,11 +165,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
-        if torch.is_grad_enabled():
-            raise RuntimeError(
-                "crossent.torch.linear_cross_entropy computes its gradients in the forward "
-                "pass and does not support double backward (create_graph=True)"
-            )
+        refuse_double_backward("linear_cross_entropy")
         h_dtype, w_dtype, b_dtype = ctx.dtypes
         if ctx.recompute is not None:
             h, w, b, target, weight = ctx.saved_tensors
