@@ -78,6 +78,10 @@ def _chunked(h, w, b, target, weight, grad_output, reduction, params, chunk, imp
           else w.new_empty((0,)))
     per_row = torch.empty((rows,), dtype=cd, device=h.device)
     buffer = torch.empty((min(chunk, rows), vocab), dtype=h.dtype, device=h.device)
+    widen = need_dw and acc != h.dtype  # half precision: dW's product is taken in float32
+    if widen:  # float32 copies of each chunk, allocated once rather than per chunk
+        buffer_acc = torch.empty((min(chunk, rows), vocab), dtype=acc, device=h.device)
+        h_acc = torch.empty((min(chunk, rows), h.shape[1]), dtype=acc, device=h.device)
     for start in range(0, rows, chunk):
         stop = min(start + chunk, rows)
         hc = h[start:stop]
@@ -92,10 +96,13 @@ def _chunked(h, w, b, target, weight, grad_output, reduction, params, chunk, imp
         if need_dh:
             torch.mm(logits, w, out=dh[start:stop])
         if need_dw:
-            if acc == logits.dtype:
+            if widen:
+                n = stop - start
+                buffer_acc[:n].copy_(logits)
+                h_acc[:n].copy_(hc)
+                dw.addmm_(buffer_acc[:n].t(), h_acc[:n])
+            else:
                 dw.addmm_(logits.t(), hc)
-            else:  # half precision: accumulate the product in float32
-                dw.addmm_(logits.t().to(acc), hc.to(acc))
         if need_db:
             db += logits.sum(dim=0, dtype=acc)
     return per_row, denominator, dh, dw, db
