@@ -28,47 +28,28 @@ from . import UsageError
 FORMATS_HELP = ("CSV with a header line, .npy (2-D numeric array) or .npz (arrays X and y)")
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _number_option(convert: Callable[[str], Any], accept: Callable[[Any], bool],
+                   expected: str) -> Callable[[str], Any]:
+    """An argparse ``type=``: ``convert`` the text, keep it if ``accept`` says so, else say
+    what was expected and what arrived."""
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
 
 
-def fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
-    return value
-
-
-def learning_rate(text: str) -> float | str:
-    if text == "auto":
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number or 'auto', got "
-                                         f"{text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number or 'auto', got {text!r}")
-    return value
-
-
-def non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not 0.0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
+positive_int = _number_option(int, lambda v: v >= 1, "a positive integer")
+fraction = _number_option(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
+non_negative = _number_option(float, lambda v: 0.0 <= v < float("inf"), "a number >= 0")
+learning_rate = _number_option(lambda t: t if t == "auto" else float(t),
+                               lambda v: v == "auto" or 0.0 < v < float("inf"),
+                               "a positive number or 'auto'")
 
 
 def add_training_data_options(p: argparse.ArgumentParser) -> None:
