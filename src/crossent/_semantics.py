@@ -111,7 +111,7 @@ def check_z_loss(z_loss: Any) -> float:
     if isinstance(z_loss, bool) or not isinstance(z_loss, numbers.Real):
         raise TypeError(f"z_loss must be a float >= 0, got {type(z_loss).__name__} {z_loss!r}")
     value = float(z_loss)
-    if not (value >= 0.0 and math.isfinite(value)):
+    if not (0.0 <= value < math.inf):  # comparisons, not math.isfinite: they trace symbolically
         raise ValueError(f"z_loss must be a finite float >= 0, got {z_loss!r}")
     return value
 
@@ -125,7 +125,7 @@ def check_softcap(softcap: Any) -> float | None:
             f"softcap must be None or a float > 0, got {type(softcap).__name__} {softcap!r}"
         )
     value = float(softcap)
-    if not (value > 0.0 and math.isfinite(value)):
+    if not (0.0 < value < math.inf):  # comparisons, not math.isfinite: they trace symbolically
         raise ValueError(f"softcap must be None or a finite float > 0, got {softcap!r}")
     return value
 

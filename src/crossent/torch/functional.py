@@ -10,82 +10,194 @@ from :mod:`crossent._semantics`.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, replace
 
 import torch
 
 from .. import _semantics as sem
+from . import _contract as contract
 from . import _ops
 from ._impl import resolve_impl
 
 
-def _check_tensor(value: Any, name: str) -> torch.Tensor:
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    return value
+@dataclass(frozen=True)
+class _Call:
+    """Everything about one call that is not a tensor (hashable, so compile can guard it)."""
+
+    reduction: str
+    probability: bool
+    ignore_index: int
+    label_smoothing: float
+    z_loss: float
+    softcap: float | None
+    inplace: bool
+    impl: str
+    target_shape: tuple[int, ...]
+    loss_dtype: torch.dtype
+
+    def op_args(self) -> tuple:
+        return (self.reduction, self.probability, self.ignore_index, self.label_smoothing,
+                self.z_loss, self.softcap)
 
 
-def _dtype_name(t: torch.Tensor) -> str:
-    return str(t.dtype).replace("torch.", "")
+def _run(logits, target, weight, call: _Call, want_grad: bool):
+    """The custom op: ``(per-row losses, 'mean' denominator, gradient or empty)``."""
+    if call.inplace:
+        per_row, denominator = _ops.cross_entropy_fwd_inplace(
+            logits, target, weight, *call.op_args(), call.impl, list(call.target_shape))
+        return per_row, denominator, logits
+    return _ops.cross_entropy_fwd(logits, target, weight, *call.op_args(), want_grad,
+                                  call.impl, list(call.target_shape))
 
 
-def _loss_dtype(input: torch.Tensor, target: torch.Tensor, probability: bool) -> torch.dtype:
-    return torch.promote_types(input.dtype, target.dtype) if probability else input.dtype
+def _log_probabilities(logits, call: _Call):
+    """``log_softmax`` of the (soft-capped) logits, in the compute precision."""
+    x = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
+    if call.softcap is not None:
+        x = call.softcap * torch.tanh(x / call.softcap)
+    return torch.log_softmax(x, dim=-1)
 
 
-def refuse_double_backward(op: str) -> None:
-    """The gradient was computed in the forward pass, so there is no graph to differentiate
-    again: say so instead of returning a wrong second derivative."""
-    if torch.is_grad_enabled():
-        raise RuntimeError(
-            f"crossent.torch.{op} computes its gradient in the forward pass and does not "
-            "support double backward (create_graph=True); use the plain PyTorch op for "
-            "higher-order gradients"
-        )
+def _target_and_weight_terms(logits, target, weight, call: _Call):
+    """``d loss_n / d t`` and ``d loss_n / d w`` per row, for probability targets.
+
+    ``loss_n = -sum_c w_c t'_c log p_c`` with ``t' = (1 - eps) t + eps / C``, so
+    ``d/dt_c = -(1 - eps) w_c log p_c`` and ``d/dw_c = -t'_c log p_c``; the 'mean'
+    denominator (the element count) and z-loss (weight 1) do not depend on either.
+    A class with ``t'_c = 0`` (or ``w_c = 0``) on a ``-inf`` logit adds 0, not NaN.
+    """
+    log_p = _log_probabilities(logits, call)
+    cd = log_p.dtype
+    classes = logits.shape[-1]
+    t = sem.smoothed_probabilities(target.to(cd), call.label_smoothing, classes)
+    w = weight.to(cd) if weight is not None else None
+    d_weight = -torch.where(t != 0, t * log_p, 0.0)
+    on_target, _ = sem.smoothing_terms(call.label_smoothing, classes)
+    d_target = -on_target * (log_p if w is None else torch.where(w != 0, w * log_p, 0.0))
+    return d_target, d_weight
+
+
+def _row_factor(scale: torch.Tensor, call: _Call, rows: int) -> torch.Tensor:
+    """``d reduced loss / d loss_n`` as a column, from the upstream gradient."""
+    if call.reduction == "none":
+        return scale.reshape(-1, 1)
+    if call.reduction == "mean":
+        scale = scale / sem.mean_denominator_probability(rows)
+    return scale.reshape(1, 1)
 
 
 class _FusedCrossEntropy(torch.autograd.Function):
-    """Autograd for the fused pass: forward keeps the gradient, backward scales it."""
+    """Autograd for the fused pass.
+
+    forward computes the loss and ``grad``, the gradient of the loss for an upstream
+    gradient of 1 (per row for ``'none'``); it is returned as a second, non-differentiable
+    output so that ``setup_context`` can keep it.  The first backward hands that tensor out
+    (scaled in place by ``grad_output``): the gradient costs no second ``N x C`` tensor.
+    From then on autograd (or the caller of ``torch.autograd.grad``) owns it and may change
+    it, so a later backward over the same graph (``retain_graph=True``) recomputes the
+    gradient from the saved logits instead.  Under ``torch.compile`` and ``torch.func``
+    backward is pure: it returns ``grad * grad_output`` and keeps ``grad``.
+
+    The subclass :class:`_FusedCrossEntropyJvp` adds forward-mode AD; this class is the one
+    ``torch.compile`` traces (Dynamo does not trace a custom ``jvp``).
+    """
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, logits, target, weight, reduction, probability, ignore_index,
-                label_smoothing, z_loss, softcap, inplace, impl, target_shape, loss_dtype):
-        args = (target, weight, reduction, probability, ignore_index, label_smoothing, z_loss,
-                softcap)
-        if inplace:
-            per_row, denominator = _ops.cross_entropy_fwd_inplace(
-                logits, *args, impl, target_shape)
-            grad = logits
-        else:
-            per_row, denominator, grad = _ops.cross_entropy_fwd(
-                logits, *args, True, impl, target_shape)
-        ctx.save_for_backward(grad)
-        ctx.inplace = inplace
-        ctx.used = False
-        return sem.reduce_loss(per_row, reduction, denominator).to(loss_dtype)
+    def forward(logits, target, weight, call):
+        per_row, denominator, grad = _run(logits, target, weight, call, want_grad=True)
+        loss = sem.reduce_loss(per_row, call.reduction, denominator).to(call.loss_dtype)
+        return loss, grad
 
     @staticmethod
-    def backward(ctx, grad_output):
-        refuse_double_backward("cross_entropy")
-        if ctx.inplace and ctx.used and not torch.compiler.is_compiling():
-            # the first backward scaled the gradient where it lies; a second would scale twice
-            raise RuntimeError(
-                "cross_entropy(..., inplace_backward=True) can be back-propagated once; "
-                "retain_graph=True and a second backward need inplace_backward=False"
-            )
-        (grad,) = ctx.saved_tensors
-        scale = grad_output.reshape(-1) if grad_output.ndim else grad_output
-        if ctx.inplace:
-            # the caller gave up the logits' memory: scale the gradient where it lies
-            ctx.used = True
-            _ops.scale_rows_(grad, scale)
-            return (grad,) + (None,) * 12
-        if (not torch.compiler.is_compiling() and grad.device.type == "cpu"
-                and scale.ndim == 0 and scale.item() == 1.0):
-            # loss.backward() on a 'mean'/'sum' loss: the kept gradient is already the answer
-            return (grad,) + (None,) * 12
-        factor = scale if scale.ndim == 0 else scale.reshape(-1, 1)
-        return (grad * factor).to(grad.dtype), *((None,) * 12)
+    def setup_context(ctx, inputs, output):
+        logits, target, weight, call = inputs
+        _, grad = output
+        ctx.mark_non_differentiable(grad)
+        ctx.call = call
+        ctx.kept = grad  # the gradient for upstream 1; None once handed out
+        ctx.handed_out = False
+        needs_terms = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        # the logits are saved to recompute the gradient for a backward after the first
+        # (they are consumed in place with inplace_backward, where that is refused)
+        keep_logits = not call.inplace and (needs_terms or not torch.compiler.is_compiling())
+        ctx.save_for_backward(logits if keep_logits else None, target, weight)
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_of_grad):
+        contract.refuse_double_backward("cross_entropy")
+        call: _Call = ctx.call
+        logits, target, weight = ctx.saved_tensors
+        d_logits = d_target = d_weight = None
+        if ctx.needs_input_grad[0]:
+            d_logits = _FusedCrossEntropy._logits_gradient(ctx, logits, target, weight,
+                                                           grad_loss)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            d_t, d_w = _target_and_weight_terms(logits, target, weight, call)
+            factor = _row_factor(grad_loss.to(d_t.dtype), call, logits.shape[0])
+            if ctx.needs_input_grad[1]:
+                d_target = (d_t * factor).to(target.dtype)
+            if ctx.needs_input_grad[2]:
+                d_weight = (d_w * factor).sum(0).to(weight.dtype)
+        return d_logits, d_target, d_weight, None
+
+    @staticmethod
+    def _logits_gradient(ctx, logits, target, weight, grad_loss):
+        call: _Call = ctx.call
+        scale = grad_loss.reshape(-1) if grad_loss.ndim else grad_loss
+        if contract.pure_backward():
+            return contract.scaled(ctx.kept, scale)
+        if call.inplace:
+            if ctx.handed_out:
+                # the first backward scaled the gradient where it lies (over the logits)
+                raise RuntimeError(
+                    "cross_entropy(..., inplace_backward=True) can be back-propagated once; "
+                    "retain_graph=True and a second backward need inplace_backward=False"
+                )
+            ctx.handed_out = True
+            return contract.scale_into(ctx.kept, scale)
+        grad = ctx.kept
+        if grad is None:  # handed out by an earlier backward: autograd owns it now
+            _, _, grad = _run(logits, target, weight, call, want_grad=True)
+        ctx.kept = None
+        return contract.scale_into(grad, scale)
+
+
+class _FusedCrossEntropyJvp(_FusedCrossEntropy):
+    """:class:`_FusedCrossEntropy` with forward-mode AD (eager and ``torch.func``).
+
+    The tangent of ``loss_n`` is ``grad_n . t_n`` (the kept gradient dotted with the logits'
+    tangent, then reduced like the loss), plus, for probability targets, the target's and
+    the class weight's terms.
+    """
+
+    @staticmethod
+    def jvp(ctx, logits_t, target_t, weight_t, _call_t):
+        call: _Call = ctx.call
+        grad = ctx.kept
+        if grad is None:
+            raise RuntimeError("crossent.torch.cross_entropy: forward-mode AD after a "
+                               "backward over the same graph is not supported")
+        reduce_rows = call.reduction == "none"
+        tangent = None
+        if logits_t is not None:
+            prod = grad.to(logits_t.dtype) * logits_t
+            tangent = prod.sum(-1) if reduce_rows else prod.sum()
+        if target_t is not None or weight_t is not None:
+            logits, target, weight = ctx.saved_tensors
+            d_t, d_w = _target_and_weight_terms(logits, target, weight, call)
+            factor = _row_factor(torch.ones((), dtype=d_t.dtype, device=d_t.device), call,
+                                 logits.shape[0])
+            extra = 0.0
+            if target_t is not None:
+                extra = extra + d_t * target_t
+            if weight_t is not None:
+                extra = extra + d_w * weight_t
+            extra = (extra * factor).sum(-1)
+            extra = extra if reduce_rows else extra.sum()
+            tangent = extra if tangent is None else tangent + extra
+        return tangent.to(call.loss_dtype), None
 
 
 def cross_entropy(
@@ -139,12 +251,9 @@ def cross_entropy(
     >>> loss.backward(); [round(v, 6) for v in x.grad[0].tolist()]
     [-0.883885, 0.857977, 0.025909]
     """
-    input = _check_tensor(input, "input")
-    target = _check_tensor(target, "target")
-    if not input.is_floating_point():
-        raise sem.LogitsTypeError(
-            f"input must be a floating-point tensor of logits, got dtype {_dtype_name(input)}"
-        )
+    input = contract.check_tensor(input, "input")
+    target = contract.check_tensor(target, "target")
+    contract.check_float_dtype(input, "input")
     layout = sem.class_layout(tuple(input.shape))
     reduction = sem.check_reduction(reduction)
     label_smoothing = sem.check_label_smoothing(label_smoothing)
@@ -153,27 +262,25 @@ def cross_entropy(
     softcap = sem.check_softcap(softcap)
     if not isinstance(inplace_backward, bool):
         raise TypeError(f"inplace_backward must be a bool, got {inplace_backward!r}")
+    grad_on = torch.is_grad_enabled()
     probability = sem.is_probability_target(tuple(input.shape), tuple(target.shape))
+    autocast = contract.autocast_dtype(
+        input.device, input.dtype, *((target.dtype,) if probability else ()))
     if probability:
         if not target.is_floating_point():
             raise sem.ArgumentTypeError(
                 "target has the input's shape, so it must hold class probabilities as "
-                f"floats, got dtype {_dtype_name(target)}; class indices have shape "
+                f"floats, got dtype {contract.dtype_name(target)}; class indices have shape "
                 f"{layout.batch_shape}"
             )
+        contract.check_float_dtype(target, "target", "class probabilities")
         sem.check_probability_ignore_index(ignore_index)
-        if target.requires_grad and torch.is_grad_enabled():
-            raise RuntimeError(
-                "crossent.torch.cross_entropy does not differentiate with respect to "
-                "probability targets; pass target.detach(), or use "
-                "torch.nn.functional.cross_entropy to train the targets"
-            )
     else:
         if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
             raise sem.ArgumentTypeError(
                 "target must hold integer class indices for this input (its shape differs "
                 f"from the input's, so it is not a probability target), got dtype "
-                f"{_dtype_name(target)}"
+                f"{contract.dtype_name(target)}"
             )
         sem.check_index_target_shape(layout, tuple(target.shape))
     if target.device != input.device:
@@ -181,18 +288,34 @@ def cross_entropy(
             f"target must be on the input's device {input.device}, got {target.device}"
         )
     if weight is not None:
-        weight = _check_tensor(weight, "weight")
+        weight = contract.check_tensor(weight, "weight")
         if not weight.is_floating_point():
             raise sem.ArgumentTypeError(
-                f"weight must be a floating-point tensor, got dtype {_dtype_name(weight)}"
+                f"weight must be a floating-point tensor, got dtype "
+                f"{contract.dtype_name(weight)}"
             )
         sem.check_class_weight(tuple(weight.shape), layout.num_classes)
         if weight.device != input.device:
             raise sem.ArgumentError(
                 f"weight must be on the input's device {input.device}, got {weight.device}"
             )
-        weight = weight.detach()
+        contract.check_class_weight_dtype(weight, input.dtype, autocast)
+        if weight.requires_grad and grad_on and not probability:
+            raise RuntimeError(
+                "crossent.torch.cross_entropy is not differentiable with respect to weight "
+                "for class-index targets (nor is F.cross_entropy); pass weight.detach()"
+            )
     impl = resolve_impl(impl, input.device, input.dtype)
+    contract.refuse_higher_order("cross_entropy", inplace_backward)
+    needs_grad = contract.differentiating(input, target, weight)
+    if inplace_backward and needs_grad:
+        contract.check_consumable(input, "cross_entropy")
+        if target.requires_grad or (weight is not None and weight.requires_grad):
+            raise sem.ArgumentError(
+                "crossent.torch.cross_entropy(..., inplace_backward=True) consumes the logits, "
+                "which the gradients of probability targets and class weights need; pass "
+                "inplace_backward=False"
+            )
 
     classes = layout.num_classes
     if layout.spatial:  # (N, C, d1..dK) -> (N*d1*..*dK, C), classes last (a copy)
@@ -206,18 +329,26 @@ def cross_entropy(
     if probability:
         rows_target = rows_target.contiguous()
     else:
-        rows_target = target.reshape(-1)
-    target_shape = list(target.shape)
-    loss_dtype = _loss_dtype(input, target, probability)
-
-    if torch.is_grad_enabled() and input.requires_grad:
-        loss = _FusedCrossEntropy.apply(
-            logits, rows_target, weight, reduction, probability, ignore_index,
-            label_smoothing, z_loss, softcap, inplace_backward, impl, target_shape, loss_dtype)
+        rows_target = contract.index_target_as_int64(
+            target.reshape(-1), classes, ignore_index, tuple(target.shape))
+    if autocast is not None:
+        loss_dtype = autocast
+        if weight is not None:
+            weight = weight.to(autocast)
     else:
-        per_row, denominator, _ = _ops.cross_entropy_fwd(
-            logits, rows_target, weight, reduction, probability, ignore_index,
-            label_smoothing, z_loss, softcap, False, impl, target_shape)
+        loss_dtype = torch.promote_types(input.dtype, target.dtype) if probability \
+            else input.dtype
+    call = _Call(reduction, probability, ignore_index, label_smoothing, z_loss, softcap,
+                 inplace_backward, impl, tuple(target.shape), loss_dtype)
+
+    if needs_grad:
+        function = _FusedCrossEntropy if torch.compiler.is_compiling() \
+            else _FusedCrossEntropyJvp
+        loss, _ = function.apply(logits, rows_target, weight, call)
+    else:
+        # nothing to differentiate: the loss alone, and the logits are never consumed
+        per_row, denominator, _ = _run(logits, rows_target, weight,
+                                       replace(call, inplace=False), want_grad=False)
         loss = sem.reduce_loss(per_row, reduction, denominator).to(loss_dtype)
     if reduction == "none":
         loss = loss.reshape(layout.batch_shape)
