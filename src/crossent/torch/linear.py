@@ -33,12 +33,12 @@ from typing import Any
 import torch
 
 from .. import _semantics as sem
-from ._impl import resolve_impl
-from ._params import CrossEntropyParams
-from ._rows import check_targets_and_scale, compute_dtype, rows_executor
 from ._contract import check_tensor as _check_tensor
 from ._contract import dtype_name as _dtype_name
 from ._contract import refuse_double_backward
+from ._impl import resolve_impl
+from ._params import CrossEntropyParams
+from ._rows import check_targets_and_scale, compute_dtype, rows_executor
 
 #: Memory the ``(chunk, V)`` logits buffer may use, counted in float32: 128 MiB ...
 CHUNK_BUDGET_BYTES = 128 << 20
