@@ -133,15 +133,6 @@ def test_gradcheck_float64(reduction):
         (h, w, b))
 
 
-def test_second_backward_after_in_place_scaling_is_refused():
-    h, w, b, y = (t.requires_grad_() if t.is_floating_point() else t
-                  for t in _problem((6,), 4, 5))
-    loss = ct.linear_cross_entropy(h, w, y, linear_bias=b)
-    (loss * 2).backward(retain_graph=True)
-    with pytest.raises(RuntimeError, match="second backward"):
-        (loss * 2).backward()
-
-
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_tolerance_rule(dtype, within_torch_error):
     h, w, b, y = _problem((96,), 32, 200, dtype=dtype)
@@ -187,7 +178,7 @@ def test_chunk_rule():
 
 @pytest.mark.parametrize(("make", "error", "message"), [
     (lambda: ct.linear_cross_entropy(torch.randn(3, 4), torch.randn(5, 6),
-                                     torch.tensor([0, 1, 2])), RuntimeError, "in_features D=6"),
+                                     torch.tensor([0, 1, 2])), RuntimeError, "in_features"),
     (lambda: ct.linear_cross_entropy(torch.randn(3, 4), torch.randn(5, 4),
                                      torch.tensor([0, 1])), ValueError, "target must have shape"),
     (lambda: ct.linear_cross_entropy(torch.randn(3, 4), torch.randn(5, 4),
@@ -199,7 +190,7 @@ def test_chunk_rule():
                                      torch.tensor([0, 1, 7])), IndexError, r"target\[2\] = 7"),
     (lambda: ct.linear_cross_entropy(torch.randn(3, 4), torch.randn(5, 4),
                                      torch.tensor([0, 1, 2]), linear_bias=torch.randn(4)),
-     ValueError, "linear_bias must have shape"),
+     ValueError, r"expected linear_bias shape \(5,\)"),
     (lambda: ct.linear_cross_entropy(torch.randn(3, 4), torch.randn(5, 4),
                                      torch.tensor([0, 1, 2]), chunk_size=0),
      ValueError, "chunk_size"),

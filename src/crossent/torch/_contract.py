@@ -215,6 +215,20 @@ def differentiating(*tensors: torch.Tensor | None) -> bool:
     return bool(functorch_levels())
 
 
+def may_differentiate(t: torch.Tensor | None) -> bool:
+    """Whether a derivative with respect to ``t`` may be asked for (see
+    :func:`differentiating`); an op computes that gradient in its forward pass then."""
+    from torch.autograd.forward_ad import unpack_dual
+
+    if t is None:
+        return False
+    if t.requires_grad and torch.is_grad_enabled():
+        return True
+    if torch.compiler.is_compiling():
+        return False
+    return unpack_dual(t).tangent is not None or bool(functorch_levels())
+
+
 def refuse_double_backward(op: str) -> None:
     """The gradient was computed in the forward pass, so there is no graph to differentiate
     again: say so instead of returning a wrong second derivative.  (Under ``torch.func``

@@ -51,6 +51,25 @@ def _new_gradient(logits: torch.Tensor, impl: str) -> torch.Tensor:
 _NUMPY_DTYPES = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
 
 
+def register_looping_vmap(op) -> None:
+    """A ``torch.vmap`` rule for a custom op: call it once per batch element and stack.
+
+    ``torch.func`` transforms of the autograd Functions (``vmap(grad(...))``, ``jacrev``,
+    ``jacfwd``) vmap the forward; these ops keep their per-call semantics (a ``'mean'`` is
+    the mean of each batch element), which a loop states plainly.
+    """
+
+    def rule(info, in_dims, *args):
+        results = []
+        for index in range(info.batch_size):
+            results.append(op(*(arg.select(dim, index) if isinstance(dim, int) else arg
+                                 for arg, dim in zip(args, in_dims))))
+        stacked = tuple(torch.stack(parts) for parts in zip(*results))
+        return stacked, (0,) * len(stacked)
+
+    torch.library.register_vmap(op, rule)
+
+
 def _params(probability, ignore_index, label_smoothing, z_loss, softcap):
     return CrossEntropyParams(probability=probability, ignore_index=ignore_index,
                               label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
@@ -89,6 +108,9 @@ def cross_entropy_fwd_inplace(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     params = _params(probability, ignore_index, label_smoothing, z_loss, softcap)
     return _forward(logits, target, weight, reduction, params, impl, logits, target_shape)
+
+
+register_looping_vmap(cross_entropy_fwd)
 
 
 @cross_entropy_fwd_inplace.register_fake

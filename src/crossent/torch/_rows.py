@@ -120,80 +120,91 @@ def cross_entropy_rows_torch(
     logits: torch.Tensor, target: torch.Tensor, params: CrossEntropyParams,
     weight: torch.Tensor | None, grad_scale: torch.Tensor, grad_out: torch.Tensor | None,
 ) -> torch.Tensor:
-    """The portable executor: the fused maths in row blocks of plain torch operations."""
+    """The portable executor: :func:`block_loss_and_grad` over row blocks that fit in cache."""
     rows, classes = logits.shape
     cd = compute_dtype(logits.dtype, target.dtype if params.probability else logits.dtype)
-    eps = params.label_smoothing
-    device = logits.device
-    losses = torch.empty(rows, dtype=cd, device=device)
+    losses = torch.empty(rows, dtype=cd, device=logits.device)
     w = weight.to(cd) if weight is not None else None
-    if not params.probability:
-        valid, w_y = sem.index_row_weights(target, params.ignore_index, w)
-        w_y = w_y.to(cd)
-        valid = valid.to(cd)
-        y_safe = torch.where(valid.bool(), target, torch.zeros_like(target))
-        weight_sum = classes if w is None else w.sum()
-        coef_sum_all = sem.index_coefficient_sum(w_y, valid, eps, classes, weight_sum)
-        on_target, uniform = sem.smoothing_terms(eps, classes)
-        uniform_vec = (w * uniform) if w is not None else torch.full(
-            (classes,), uniform, dtype=cd, device=device)
-    z_weight_all = None
-    if params.z_loss:
-        z_weight_all = (w_y * params.z_loss) if not params.probability else None
-    scale_all = grad_scale.to(cd) if grad_scale is not None else None
+    scale_all = grad_scale.to(cd) if grad_out is not None else None
     block = max(1, TORCH_BLOCK_ELEMENTS // classes)
     for s in range(0, rows, block):
         e = min(s + block, rows)
-        x = logits[s:e].to(cd)
-        if params.softcap is not None:
-            th = torch.tanh(x / params.softcap)
-            z = th * params.softcap
-        else:
-            th, z = None, x
-        m = z.amax(dim=1, keepdim=True)
-        shifted = z - m
-        if params.probability:
-            coef = sem.smoothed_probabilities(target[s:e].to(cd), eps, classes)
-            if w is not None:
-                coef = coef * w
-            coef_sum = coef.sum(dim=1)
-            # 0 * log 0 = 0: classes the target does not weigh add nothing, even at -inf
-            dot = torch.where(coef != 0, coef * shifted, 0.0).sum(dim=1)
-        else:
-            vb = valid[s:e]
-            yb = y_safe[s:e, None]
-            on_t = w_y[s:e] * on_target
-            dot = torch.where(vb.bool(), on_t * shifted.gather(1, yb)[:, 0], 0.0)
-            if eps:
-                dot = dot + vb * torch.where(uniform_vec != 0, shifted * uniform_vec,
-                                             0.0).sum(dim=1)
-            coef_sum = coef_sum_all[s:e]
-        ex = torch.exp(shifted)
-        sum_exp = ex.sum(dim=1)
-        log_sum = torch.log(sum_exp)
-        loss = coef_sum * log_sum - dot
-        p_factor = coef_sum
-        if params.z_loss:
-            zw = z_weight_all[s:e] if z_weight_all is not None else params.z_loss
-            lse = m[:, 0] + log_sum
-            loss = loss + zw * lse * lse
-            p_factor = coef_sum + 2.0 * zw * lse
-        if not params.probability:
-            loss = torch.where(vb.bool(), loss, 0.0)  # ignored rows cost 0, whatever the logits
+        scale = None if scale_all is None else (scale_all[s:e] if scale_all.ndim else scale_all)
+        loss, g = block_loss_and_grad(logits[s:e], target[s:e], params, w, scale)
         losses[s:e] = loss
-        if grad_out is None:
-            continue
-        scale = scale_all[s:e] if scale_all.ndim else scale_all
-        g = ex * (scale * p_factor / sum_exp).reshape(-1, 1)
-        if params.probability:
-            g = g - coef * scale.reshape(-1, 1) if scale.ndim else g - coef * scale
-        else:
-            g = g.scatter_add(1, yb, -(on_t * scale).reshape(-1, 1).expand(-1, 1))
-            if eps:
-                g = g - (vb * scale).reshape(-1, 1) * uniform_vec
-        if th is not None:
-            g = g * (1.0 - th * th)
-        if not params.probability:
-            g = torch.where(vb.bool()[:, None], g, 0.0)
-        grad_out[s:e].copy_(g)
+        if g is not None:
+            grad_out[s:e].copy_(g)
     return losses
+
+
+def block_loss_and_grad(
+    logits: torch.Tensor, target: torch.Tensor, params: CrossEntropyParams,
+    weight: torch.Tensor | None, scale: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-row losses and, when ``scale`` is given, ``scale * d loss_n / d logits``, for one
+    block of ``(m, C)`` rows, in out-of-place torch operations only (so ``torch.func``
+    transforms can run it: forward-mode AD of ``linear_cross_entropy`` uses it directly).
+
+    ``target``: range-checked class indices ``(m,)`` or probabilities ``(m, C)``; ``weight``
+    in the compute dtype; ``scale``: 0-d or ``(m,)``.
+    """
+    classes = logits.shape[1]
+    cd = compute_dtype(logits.dtype, target.dtype if params.probability else logits.dtype)
+    eps = params.label_smoothing
+    x = logits.to(cd)
+    if params.softcap is not None:
+        th = torch.tanh(x / params.softcap)
+        z = th * params.softcap
+    else:
+        th, z = None, x
+    m = z.amax(dim=1, keepdim=True)
+    shifted = z - m
+    if params.probability:
+        coef = sem.smoothed_probabilities(target.to(cd), eps, classes)
+        if weight is not None:
+            coef = coef * weight
+        coef_sum = coef.sum(dim=1)
+        # 0 * log 0 = 0: classes the target does not weigh add nothing, even at -inf
+        dot = torch.where(coef != 0, coef * shifted, 0.0).sum(dim=1)
+        z_weight = params.z_loss
+    else:
+        valid_b, w_y = sem.index_row_weights(target, params.ignore_index, weight)
+        w_y = w_y.to(cd)
+        valid = valid_b.to(cd)
+        y = torch.where(valid_b, target, torch.zeros_like(target))[:, None]
+        weight_sum = classes if weight is None else weight.sum()
+        coef_sum = sem.index_coefficient_sum(w_y, valid, eps, classes, weight_sum)
+        on_target, uniform = sem.smoothing_terms(eps, classes)
+        on_t = w_y * on_target
+        dot = torch.where(valid_b, on_t * shifted.gather(1, y)[:, 0], 0.0)
+        if eps:
+            uniform_vec = (weight * uniform) if weight is not None else torch.full(
+                (classes,), uniform, dtype=cd, device=x.device)
+            dot = dot + valid * torch.where(uniform_vec != 0, shifted * uniform_vec,
+                                            0.0).sum(dim=1)
+        z_weight = w_y * params.z_loss
+    ex = torch.exp(shifted)
+    sum_exp = ex.sum(dim=1)
+    log_sum = torch.log(sum_exp)
+    loss = coef_sum * log_sum - dot
+    p_factor = coef_sum
+    if params.z_loss:
+        lse = m[:, 0] + log_sum
+        loss = loss + z_weight * lse * lse
+        p_factor = coef_sum + 2.0 * z_weight * lse
+    if not params.probability:
+        loss = torch.where(valid_b, loss, 0.0)  # ignored rows cost 0, whatever the logits
+    if scale is None:
+        return loss, None
+    g = ex * (scale * p_factor / sum_exp).reshape(-1, 1)
+    if params.probability:
+        g = g - coef * (scale.reshape(-1, 1) if scale.ndim else scale)
+    else:
+        g = g - torch.zeros_like(g).scatter(1, y, (on_t * scale).reshape(-1, 1))
+        if eps:
+            g = g - (valid * scale).reshape(-1, 1) * uniform_vec
+    if th is not None:
+        g = g * (1.0 - th * th)
+    if not params.probability:
+        g = torch.where(valid_b[:, None], g, 0.0)
+    return loss, g

@@ -123,6 +123,7 @@ class _FusedCrossEntropy(torch.autograd.Function):
         # (they are consumed in place with inplace_backward, where that is refused)
         keep_logits = not call.inplace and (needs_terms or not torch.compiler.is_compiling())
         ctx.save_for_backward(logits if keep_logits else None, target, weight)
+        ctx.save_for_forward(logits if keep_logits else None, target, weight)  # for jvp
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_of_grad):

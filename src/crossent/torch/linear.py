@@ -10,11 +10,18 @@ target, ...)``, computed over row chunks of ``input``.  Per chunk of ``n`` rows:
     db   += dlogits.sum(0)                   (V,)
 
 so the peak memory is one ``(n, V)`` chunk on top of the gradients themselves, however large
-``N`` grows.  The gradients are finished in the forward pass; backward only scales them by
-``grad_output`` (in place, so a second backward through the same graph is refused unless the
-upstream gradient is exactly 1).  ``reduction='none'`` cannot fold a per-element
-``grad_output`` into ``dW`` after the fact, so there the forward computes only the losses and
-backward re-runs the chunks with ``grad_output`` folded in (one extra ``h @ W.T`` per chunk).
+``N`` grows.  The gradients are finished in the forward pass; the first backward hands them
+out scaled by ``grad_output`` (in place: no copies), and a later backward over the same graph
+(``retain_graph=True``) recomputes them from the saved inputs, so a gradient once handed out
+never changes.  ``reduction='none'`` cannot fold a per-element ``grad_output`` into ``dW``
+after the fact, so there the forward computes only the losses and backward re-runs the chunks
+with ``grad_output`` folded in (one extra ``h @ W.T`` per chunk).
+
+A K-dimensional head, ``linear_weight`` of shape ``(C, d1, ..., dK, D)`` as PyTorch 2.13's
+``F.linear_cross_entropy`` takes it, gives each input row ``S = d1*...*dK`` rows of the loss.
+The head's rows are reordered once to ``(d1, ..., dK, C)`` (a copy of the weight, not of any
+logits), so that each chunk's logits ``(n, S*C)`` are ``n*S`` rows with classes last, the
+layout of every executor; ``dW`` is reordered back.
 
 Chunk size (``chunk_size=None``): the ``(n, V)`` logits chunk may take
 :data:`CHUNK_BUDGET_BYTES` counted in float32, but a chunk has at least
@@ -28,17 +35,17 @@ exist anyway (at N=4096, D=1024, V=32000: 1048-row chunks cost 2% over 2097-row 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .. import _semantics as sem
-from ._contract import check_tensor as _check_tensor
-from ._contract import dtype_name as _dtype_name
-from ._contract import refuse_double_backward
+from . import _contract as contract
 from ._impl import resolve_impl
+from ._ops import register_looping_vmap
 from ._params import CrossEntropyParams
-from ._rows import check_targets_and_scale, compute_dtype, rows_executor
+from ._rows import block_loss_and_grad, check_targets_and_scale, compute_dtype, rows_executor
 
 #: Memory the ``(chunk, V)`` logits buffer may use, counted in float32: 128 MiB ...
 CHUNK_BUDGET_BYTES = 128 << 20
@@ -58,16 +65,19 @@ def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _chunked(h, w, b, target, weight, grad_output, reduction, params, chunk, impl, need_dh,
-             need_dw, need_db, target_shape):
-    """The chunked pass.  ``grad_output`` None: gradients for an upstream gradient of 1 on the
-    reduced loss; else the per-row upstream gradient (for ``'none'``)."""
+             need_dw, need_db, target_shape, classes):
+    """The chunked pass over ``h (N, D)`` and ``w (S*C, D)``: each input row gives ``S`` rows
+    of ``classes = C`` logits (``S = 1`` but for a K-dimensional head).  ``grad_output``
+    None: gradients for an upstream gradient of 1 on the reduced loss; else the per-row
+    upstream gradient (for ``'none'``, one per loss row)."""
     rows, _ = h.shape
     vocab = w.shape[0]
+    spatial = vocab // classes
     want_grad = need_dh or need_dw or need_db
     cd = compute_dtype(h.dtype, target.dtype if params.probability else h.dtype)
     w_cls = weight.to(torch.float32 if impl == "triton" else cd) if weight is not None else None
     denominator, scale = check_targets_and_scale(
-        target, params, w_cls, vocab, reduction, cd, tuple(target_shape))
+        target, params, w_cls, classes, reduction, cd, tuple(target_shape))
     if grad_output is not None:
         scale = grad_output.to(cd)
     if impl == "triton":
@@ -78,7 +88,7 @@ def _chunked(h, w, b, target, weight, grad_output, reduction, params, chunk, imp
     dw = torch.zeros(w.shape, dtype=acc, device=w.device) if need_dw else w.new_empty((0,))
     db = (torch.zeros((vocab,), dtype=acc, device=w.device) if need_db
           else w.new_empty((0,)))
-    per_row = torch.empty((rows,), dtype=cd, device=h.device)
+    per_row = torch.empty((rows * spatial,), dtype=cd, device=h.device)
     buffer = torch.empty((min(chunk, rows), vocab), dtype=h.dtype, device=h.device)
     widen = need_dw and acc != h.dtype  # half precision: dW's product is taken in float32
     if widen:  # float32 copies of each chunk, allocated once rather than per chunk
@@ -91,10 +101,12 @@ def _chunked(h, w, b, target, weight, grad_output, reduction, params, chunk, imp
         torch.mm(hc, w.t(), out=logits)
         if b is not None:
             logits += b
-        row_scale = scale[start:stop] if scale.ndim else scale
-        per_row[start:stop] = run_rows(logits, target[start:stop], params, w_cls,
+        first, last = start * spatial, stop * spatial  # the chunk's rows of the loss
+        row_scale = scale[first:last] if scale.ndim else scale
+        loss_rows = logits.view(-1, classes)
+        per_row[first:last] = run_rows(loss_rows, target[first:last], params, w_cls,
                                        row_scale if want_grad else None,
-                                       logits if want_grad else None)
+                                       loss_rows if want_grad else None)
         if need_dh:
             torch.mm(logits, w, out=dh[start:stop])
         if need_dw:
@@ -116,22 +128,24 @@ def _linear_cross_entropy_chunked(
     weight: torch.Tensor | None, grad_output: torch.Tensor | None, reduction: str,
     probability: bool, ignore_index: int, label_smoothing: float, z_loss: float,
     softcap: float | None, chunk: int, impl: str, need_dh: bool, need_dw: bool, need_db: bool,
-    target_shape: list[int],
+    target_shape: list[int], classes: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     params = CrossEntropyParams(probability=probability, ignore_index=ignore_index,
                                 label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
-    with torch.no_grad():
+    # the matrix products run in the dtypes chosen by the caller, whatever autocast says
+    with torch.no_grad(), torch.autocast(h.device.type, enabled=False):
         return _chunked(h, w, b, target, weight, grad_output, reduction, params, chunk, impl,
-                        need_dh, need_dw, need_db, target_shape)
+                        need_dh, need_dw, need_db, target_shape, classes)
 
 
 @_linear_cross_entropy_chunked.register_fake
 def _(h, w, b, target, weight, grad_output, reduction, probability, ignore_index,
-      label_smoothing, z_loss, softcap, chunk, impl, need_dh, need_dw, need_db, target_shape):
+      label_smoothing, z_loss, softcap, chunk, impl, need_dh, need_dw, need_db, target_shape,
+      classes):
     cd = compute_dtype(h.dtype, target.dtype if probability else h.dtype)
     acc = _accumulate_dtype(w.dtype)
     return (
-        h.new_empty((h.shape[0],), dtype=cd),
+        h.new_empty((h.shape[0] * (w.shape[0] // classes),), dtype=cd),
         h.new_empty((), dtype=cd),
         torch.empty_like(h) if need_dh else h.new_empty((0,)),
         w.new_empty(w.shape, dtype=acc) if need_dw else w.new_empty((0,)),
@@ -139,70 +153,140 @@ def _(h, w, b, target, weight, grad_output, reduction, probability, ignore_index
     )
 
 
-def _scaled(grad: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype,
-            in_place: bool) -> torch.Tensor:
-    if grad.numel() == 0:
-        return None
-    if in_place:
-        grad.mul_(scale)
-        return grad.to(dtype)
-    return (grad * scale).to(dtype)
+register_looping_vmap(_linear_cross_entropy_chunked)
+
+
+@dataclass(frozen=True)
+class _Call:
+    """Everything about one call that is not a tensor."""
+
+    reduction: str
+    params: CrossEntropyParams
+    chunk: int
+    impl: str
+    target_shape: tuple[int, ...]
+    classes: int
+    loss_dtype: torch.dtype
+    dtypes: tuple[torch.dtype, torch.dtype, torch.dtype | None]  # of input, weight, bias
+
+    def run(self, h, w, b, target, weight, grad_output, need):
+        p = self.params
+        return _linear_cross_entropy_chunked(
+            h, w, b, target, weight, grad_output, self.reduction, p.probability,
+            p.ignore_index, p.label_smoothing, p.z_loss, p.softcap, self.chunk, self.impl,
+            *need, list(self.target_shape), self.classes)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, h, w, b, target, weight, reduction, params, chunk, impl, target_shape,
-                loss_dtype, need):
-        p = params
-        common = (reduction, p.probability, p.ignore_index, p.label_smoothing, p.z_loss,
-                  p.softcap, chunk, impl)
-        ctx.dtypes = (h.dtype, w.dtype, b.dtype if b is not None else None)
-        ctx.reduction = reduction
-        ctx.used = False
-        if reduction == "none":
-            # a per-element grad_output must be folded in before dW is summed: recompute later
-            per_row, denominator, *_ = _linear_cross_entropy_chunked(
-                h, w, b, target, weight, None, *common, False, False, False, target_shape)
-            ctx.save_for_backward(h, w, b, target, weight)
-            ctx.recompute = (common, need, target_shape)
-        else:
-            per_row, denominator, dh, dw, db = _linear_cross_entropy_chunked(
-                h, w, b, target, weight, None, *common, *need, target_shape)
-            ctx.save_for_backward(dh, dw, db)
-            ctx.recompute = None
-        return sem.reduce_loss(per_row, reduction, denominator).to(loss_dtype)
+    """Autograd for the chunked pass.
+
+    forward returns the loss and, for ``'mean'``/``'sum'``, the finished gradients of
+    ``input``, ``linear_weight`` and ``linear_bias`` for an upstream gradient of 1 (as
+    non-differentiable outputs, so ``setup_context`` can keep them).  The first backward
+    hands them out scaled in place by ``grad_output``; a later one recomputes them from the
+    saved inputs.  Under ``torch.compile`` and ``torch.func`` backward is pure.
+    ``reduction='none'`` recomputes in every backward, with ``grad_output`` folded in.
+    """
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def backward(ctx, grad_output):
-        refuse_double_backward("linear_cross_entropy")
-        h_dtype, w_dtype, b_dtype = ctx.dtypes
-        if ctx.recompute is not None:
-            h, w, b, target, weight = ctx.saved_tensors
-            common, need, target_shape = ctx.recompute
-            _, _, dh, dw, db = _linear_cross_entropy_chunked(
-                h, w, b, target, weight, grad_output.reshape(-1), *common, *need,
-                target_shape)
-            grads = (dh if dh.numel() else None, dw.to(w_dtype) if dw.numel() else None,
-                     db.to(b_dtype) if db.numel() else None)
-            return (*grads,) + (None,) * 9
-        compiling = torch.compiler.is_compiling()
-        if ctx.used and not compiling:
-            raise RuntimeError(
-                "linear_cross_entropy scaled its kept gradients in place in the first "
-                "backward; a second backward through the same graph (retain_graph=True) is "
-                "only supported when the upstream gradient is exactly 1"
-            )
-        dh, dw, db = ctx.saved_tensors
-        if (not compiling and grad_output.device.type == "cpu"
-                and grad_output.item() == 1.0):
-            # loss.backward(): the kept gradients are the answer, and stay reusable
-            return (dh if dh.numel() else None, dw.to(w_dtype) if dw.numel() else None,
-                    db.to(b_dtype) if db.numel() else None) + (None,) * 9
-        in_place = not compiling
-        ctx.used = in_place
-        return (_scaled(dh, grad_output, h_dtype, in_place),
-                _scaled(dw, grad_output, w_dtype, in_place),
-                _scaled(db, grad_output, b_dtype, in_place)) + (None,) * 9
+    def forward(h, w, b, target, weight, call, need):
+        finished = need if call.reduction != "none" else (False, False, False)
+        per_row, denominator, dh, dw, db = call.run(h, w, b, target, weight, None, finished)
+        loss = sem.reduce_loss(per_row, call.reduction, denominator).to(call.loss_dtype)
+        return loss, dh, dw, db
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        h, w, b, target, weight, call, need = inputs
+        _, dh, dw, db = output
+        ctx.mark_non_differentiable(dh, dw, db)
+        ctx.call = call
+        ctx.need = need
+        ctx.kept = (dh, dw, db) if call.reduction != "none" else None
+        ctx.save_for_backward(h, w, b, target, weight)
+        ctx.save_for_forward(h, w, b, target, weight)  # jvp reads them as ctx.saved_tensors
+
+    @staticmethod
+    def backward(ctx, grad_loss, *_grads_of_grads):
+        contract.refuse_double_backward("linear_cross_entropy")
+        call: _Call = ctx.call
+        h_dtype, w_dtype, b_dtype = call.dtypes
+        h, w, b, target, weight = ctx.saved_tensors
+        dtypes = (h_dtype, w_dtype, b_dtype)
+        if call.reduction == "none":
+            _, _, *fresh = call.run(h, w, b, target, weight, grad_loss.reshape(-1), ctx.need)
+            grads = [g.to(dt) if needed else None
+                     for g, dt, needed in zip(fresh, dtypes, ctx.need)]
+        elif contract.pure_backward():
+            grads = [contract.scaled(g, grad_loss, dt) if needed else None
+                     for g, dt, needed in zip(ctx.kept, dtypes, ctx.need)]
+        else:
+            kept = ctx.kept
+            if kept is None:  # handed out by an earlier backward: autograd owns them now
+                _, _, *kept = call.run(h, w, b, target, weight, None, ctx.need)
+            ctx.kept = None
+            grads = [contract.scale_into(g, grad_loss, dt) if needed else None
+                     for g, dt, needed in zip(kept, dtypes, ctx.need)]
+        return (*grads,) + (None,) * 4
+
+
+class _LinearCrossEntropyJvp(_LinearCrossEntropy):
+    """:class:`_LinearCrossEntropy` with forward-mode AD (eager and ``torch.func``).
+
+    For ``'mean'``/``'sum'`` the tangent is ``<dh, h_t> + <dW, W_t> + <db, b_t>`` with the
+    kept gradients; for ``'none'`` each row's is ``g_n . (h_t W^T + h W_t^T + b_t)_n``,
+    recomputed chunk by chunk.
+    """
+
+    @staticmethod
+    def jvp(ctx, h_t, w_t, b_t, _target_t, _weight_t, _call_t, _need_t):
+        call: _Call = ctx.call
+        if call.reduction != "none":
+            if ctx.kept is None:
+                raise RuntimeError("crossent.torch.linear_cross_entropy: forward-mode AD "
+                                   "after a backward over the same graph is not supported")
+            tangent = None
+            for grad, tan, needed in zip(ctx.kept, (h_t, w_t, b_t), ctx.need):
+                if tan is None or not needed:
+                    continue
+                term = (grad.to(torch.float64 if tan.dtype == torch.float64 else
+                                torch.float32) * tan).sum()
+                tangent = term if tangent is None else tangent + term
+            return tangent.to(call.loss_dtype), None, None, None
+        h, w, b, target, weight = ctx.saved_tensors
+        return _row_tangents(h, w, b, target, weight, h_t, w_t, b_t, call), None, None, None
+
+
+def _row_tangents(h, w, b, target, weight, h_t, w_t, b_t, call: _Call) -> torch.Tensor:
+    """Per-row tangents of ``reduction='none'``: each row's logits gradient (upstream 1)
+    dotted with the logits' tangent ``h_t W^T + h W_t^T + b_t``, chunk by chunk (never the
+    ``N x V`` logits), in plain torch operations so that every ``torch.func`` transform
+    (``jacfwd`` vmaps this) can run it."""
+    classes = call.classes
+    spatial = w.shape[0] // classes
+    cd = compute_dtype(h.dtype, target.dtype if call.params.probability else h.dtype)
+    w_cls = weight.to(cd) if weight is not None else None
+    ones = torch.ones((), dtype=cd, device=h.device)
+    parts = []
+    for start in range(0, h.shape[0], call.chunk):
+        stop = min(start + call.chunk, h.shape[0])
+        hc = h[start:stop]
+        logits = hc @ w.t()
+        if b is not None:
+            logits = logits + b
+        first, last = start * spatial, stop * spatial
+        _, grad = block_loss_and_grad(logits.reshape(-1, classes), target[first:last],
+                                      call.params, w_cls, ones)
+        tangent = None
+        for term in ((h_t[start:stop] @ w.t()) if h_t is not None else None,
+                     (hc @ w_t.t()) if w_t is not None else None, b_t):
+            if term is not None:
+                tangent = term if tangent is None else tangent + term
+        parts.append((grad * tangent.to(cd).reshape(-1, classes)).sum(-1))
+    out = torch.cat(parts) if parts else h.new_zeros((0,), dtype=cd)
+    return out.to(call.loss_dtype)
 
 
 def linear_cross_entropy(
@@ -229,15 +313,19 @@ def linear_cross_entropy(
     ignore_index=..., reduction=..., label_smoothing=...)`` for 1-D and 2-D inputs, with the
     gradients of ``input``, ``linear_weight`` and ``linear_bias``; keyword-compatible with
     PyTorch 2.13's ``F.linear_cross_entropy`` (``ignore_index=None`` means -100; ``options``
-    may carry ``batch_chunk_size``).  Inputs with more leading dimensions ``(B, T, D)`` are
-    flattened to rows ``(B*T, D)`` with classes last, the language-model convention; their
-    targets have shape ``(B, T)`` (or ``(B, T, V)`` probabilities).
+    may carry ``batch_chunk_size``), K-dimensional heads included.  Inputs with more leading
+    dimensions ``(B, T, D)`` are flattened to rows ``(B*T, D)`` with classes last, the
+    language-model convention; their targets have shape ``(B, T)`` (or ``(B, T, V)``
+    probabilities).  Under ``torch.autocast`` the matrix products run in the autocast dtype
+    and the loss is float32, as PyTorch's op gives.
 
     Args:
-        input: ``(..., D)`` hidden states.
-        linear_weight: ``(V, D)`` classifier weight.
-        target: class indices ``(...)`` or probabilities ``(..., V)``.
-        linear_bias: ``(V,)``.
+        input: ``(..., D)`` hidden states (``(N, D)`` with a K-dimensional head).
+        linear_weight: ``(V, D)`` classifier weight, or ``(C, d1, ..., dK, D)``: a
+            K-dimensional head whose loss has shape ``(N, d1, ..., dK)``.
+        target: class indices ``(...)`` or probabilities ``(..., V)``; with a K-dimensional
+            head ``(N, d1, ..., dK)`` or ``(N, C, d1, ..., dK)``.
+        linear_bias: ``(V,)``, or ``(C, d1, ..., dK)`` with a K-dimensional head.
         weight, reduction, ignore_index, label_smoothing, z_loss, softcap: as in
             :func:`crossent.torch.cross_entropy`.
         chunk_size: rows per chunk; None chooses it from :data:`CHUNK_BUDGET_BYTES`.
@@ -250,47 +338,58 @@ def linear_cross_entropy(
     >>> round(linear_cross_entropy(h, W, torch.tensor([0, 1])).item(), 6)
     0.22009
     """
-    input = _check_tensor(input, "input")
-    linear_weight = _check_tensor(linear_weight, "linear_weight")
-    target = _check_tensor(target, "target")
-    for name, t in (("input", input), ("linear_weight", linear_weight)):
-        if not t.is_floating_point():
-            raise sem.LogitsTypeError(
-                f"{name} must be a floating-point tensor, got dtype {_dtype_name(t)}")
+    input = contract.check_tensor(input, "input")
+    linear_weight = contract.check_tensor(linear_weight, "linear_weight")
+    target = contract.check_tensor(target, "target")
+    contract.check_float_dtype(input, "input", "hidden states")
+    contract.check_float_dtype(linear_weight, "linear_weight", "weights")
     if input.ndim < 1:
         raise sem.ArgumentError("input must have shape (..., D), got a 0-d tensor")
-    if linear_weight.ndim != 2:
+    if linear_weight.ndim < 2:
         raise sem.ArgumentError(
-            f"linear_weight must have shape (V, D), got shape {tuple(linear_weight.shape)} "
-            "(K-dimensional class weights are not supported)"
-        )
-    vocab, features = linear_weight.shape
+            f"expected linear_weight with dimensionality at least 2, got {linear_weight.ndim}: "
+            f"linear_weight must have shape (V, D) or (C, d1, ..., dK, D), got shape "
+            f"{tuple(linear_weight.shape)}")
+    classes, *out_spatial = linear_weight.shape[:-1]
+    out_spatial = tuple(int(d) for d in out_spatial)
+    features = linear_weight.shape[-1]
     if input.shape[-1] != features:
         raise sem.ArgumentError(
-            f"input's last dimension must equal linear_weight's in_features D={features}, "
-            f"got input of shape {tuple(input.shape)} and linear_weight of shape "
-            f"{tuple(linear_weight.shape)}"
+            f"expected equal input and linear_weight last dimensions (in_features), got "
+            f"{input.shape[-1]} and {features}, respectively: input of shape "
+            f"{tuple(input.shape)}, linear_weight of shape {tuple(linear_weight.shape)}"
         )
-    if input.dtype != linear_weight.dtype:
+    if out_spatial and input.ndim != 2:
+        raise sem.ArgumentError(
+            f"K-dimensional loss defined by linear_weight shape {tuple(linear_weight.shape)} "
+            f"requires batched input, (N, {features}), got input of shape "
+            f"{tuple(input.shape)}")
+    autocast = contract.autocast_dtype(input.device, input.dtype, linear_weight.dtype)
+    if autocast is None and input.dtype != linear_weight.dtype:
         raise sem.ArgumentTypeError(
-            f"input and linear_weight must have the same dtype, got {input.dtype} and "
-            f"{linear_weight.dtype}"
+            f"input and linear_weight must have the same dtype, got "
+            f"{contract.dtype_name(input)} and {contract.dtype_name(linear_weight)}"
         )
-    if vocab == 0:
-        raise sem.EmptyClassesError("linear_weight has V=0 rows: at least one class needed")
+    if classes == 0:
+        raise sem.EmptyClassesError("linear_weight has C=0 rows: at least one class needed")
     if linear_bias is not None:
-        linear_bias = _check_tensor(linear_bias, "linear_bias")
-        if tuple(linear_bias.shape) != (vocab,):
+        linear_bias = contract.check_tensor(linear_bias, "linear_bias")
+        if tuple(linear_bias.shape) != tuple(linear_weight.shape[:-1]):
             raise sem.ArgumentError(
-                f"linear_bias must have shape ({vocab},), got {tuple(linear_bias.shape)}")
-        if linear_bias.dtype != input.dtype:
+                f"expected linear_bias shape {sem._shape_str(tuple(linear_weight.shape[:-1]))},"
+                f" got {sem._shape_str(tuple(linear_bias.shape))}")
+        if autocast is None and linear_bias.dtype != input.dtype:
             raise sem.ArgumentTypeError(
-                f"linear_bias must have the input's dtype {input.dtype}, got "
-                f"{linear_bias.dtype}")
+                f"linear_bias must have the input's dtype {contract.dtype_name(input)}, got "
+                f"{contract.dtype_name(linear_bias)}")
     lead = tuple(input.shape[:-1])
-    probability = tuple(target.shape) == lead + (vocab,)
+    loss_shape = lead + out_spatial  # one loss per row and spatial position
+    probability_shape = lead + (classes,) + out_spatial
+    probability = tuple(target.shape) == probability_shape
     if probability and ignore_index is not None and ignore_index >= 0:
-        sem.check_probability_ignore_index(ignore_index)
+        raise sem.ArgumentError(
+            "ignore_index cannot be specified when target contains probabilities (a target of "
+            f"shape {sem._shape_str(probability_shape)}); got ignore_index={ignore_index}")
     ignore_index = sem.check_ignore_index(-100 if ignore_index is None else ignore_index)
     reduction = sem.check_reduction(reduction)
     label_smoothing = sem.check_label_smoothing(label_smoothing)
@@ -300,26 +399,35 @@ def linear_cross_entropy(
         if not target.is_floating_point():
             raise sem.ArgumentTypeError(
                 f"target of shape {tuple(target.shape)} holds class probabilities and must "
-                f"be floating point, got {target.dtype}")
+                f"be floating point, got {contract.dtype_name(target)}")
+        contract.check_float_dtype(target, "target", "class probabilities")
         if target.requires_grad and torch.is_grad_enabled():
-            raise RuntimeError("linear_cross_entropy does not differentiate with respect to "
-                               "probability targets; pass target.detach()")
+            raise RuntimeError(
+                "crossent.torch.linear_cross_entropy does not differentiate with respect to "
+                "probability targets; pass target.detach(), or use "
+                "F.cross_entropy(F.linear(...), target) to train the targets")
     else:
         if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
             raise sem.ArgumentTypeError(
-                f"target must hold integer class indices of shape {lead} (or probabilities "
-                f"of shape {lead + (vocab,)}), got dtype {target.dtype}")
-        if tuple(target.shape) != lead:
+                f"target must hold integer class indices of shape {sem._shape_str(loss_shape)} "
+                f"(or probabilities of shape {sem._shape_str(probability_shape)}), got dtype "
+                f"{contract.dtype_name(target)}")
+        if tuple(target.shape) != loss_shape:
             raise sem.ArgumentError(
-                f"target must have shape {lead} (class indices) or {lead + (vocab,)} "
-                f"(probabilities) for input of shape {tuple(input.shape)}, got "
-                f"{tuple(target.shape)}")
+                f"target must have shape {sem._shape_str(loss_shape)} (class indices) or "
+                f"{sem._shape_str(probability_shape)} (probabilities) for input of shape "
+                f"{tuple(input.shape)} and linear_weight of shape "
+                f"{tuple(linear_weight.shape)}, got {tuple(target.shape)}")
     if weight is not None:
-        weight = _check_tensor(weight, "weight")
+        weight = contract.check_tensor(weight, "weight")
         if not weight.is_floating_point():
-            raise sem.ArgumentTypeError(f"weight must be floating point, got {weight.dtype}")
-        sem.check_class_weight(tuple(weight.shape), vocab)
-        weight = weight.detach()
+            raise sem.ArgumentTypeError(
+                f"weight must be floating point, got {contract.dtype_name(weight)}")
+        sem.check_class_weight(tuple(weight.shape), classes)
+        if weight.requires_grad and torch.is_grad_enabled():
+            raise RuntimeError(
+                "crossent.torch.linear_cross_entropy does not differentiate with respect to "
+                "the class weight; pass weight.detach()")
     for name, t in (("linear_weight", linear_weight), ("target", target),
                     ("linear_bias", linear_bias), ("weight", weight)):
         if t is not None and t.device != input.device:
@@ -328,35 +436,53 @@ def linear_cross_entropy(
     if chunk_size is None and options is not None:
         chunk_size = getattr(options, "batch_chunk_size", None)
     rows = math.prod(lead)
+    spatial = math.prod(out_spatial)
     if chunk_size is None:
-        chunk = choose_chunk_size(rows, vocab)
+        chunk = choose_chunk_size(rows, classes * spatial)
     else:
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
         chunk = min(chunk_size, max(rows, 1))
+    if autocast is not None:  # the products in autocast's dtype, the loss in float32
+        low = torch.get_autocast_dtype(input.device.type)
+        input, linear_weight = input.to(low), linear_weight.to(low)
+        linear_bias = linear_bias.to(low) if linear_bias is not None else None
     impl = resolve_impl(impl, input.device, input.dtype)
+    contract.refuse_higher_order("linear_cross_entropy", False)
 
     h = input.reshape(rows, features)
     if h.stride(-1) != 1:
         h = h.contiguous()
-    w = linear_weight if linear_weight.stride(-1) == 1 else linear_weight.contiguous()
-    rows_target = (target.reshape(rows, vocab) if probability else target.reshape(rows))
+    w, b = linear_weight, linear_bias
+    if out_spatial:  # (C, d1..dK, D) -> rows ordered (d1..dK, C): logits come classes last
+        w = w.reshape(classes, spatial, features).transpose(0, 1).reshape(-1, features)
+        b = b.reshape(classes, spatial).t().reshape(-1) if b is not None else None
+    if w.stride(-1) != 1:
+        w = w.contiguous()
+    if probability:
+        moved = target.movedim(len(lead), -1) if out_spatial else target
+        rows_target = moved.reshape(-1, classes).contiguous()
+    else:
+        rows_target = contract.index_target_as_int64(
+            target.reshape(-1), classes, ignore_index, tuple(target.shape))
     params = CrossEntropyParams(probability=probability, ignore_index=ignore_index,
                                 label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
-    loss_dtype = torch.promote_types(input.dtype, target.dtype) if probability else input.dtype
-    target_shape = list(lead) or [1]
-    grad_on = torch.is_grad_enabled()
-    need = (grad_on and input.requires_grad, grad_on and linear_weight.requires_grad,
-            grad_on and linear_bias is not None and linear_bias.requires_grad)
-    if any(need):
-        loss = _LinearCrossEntropy.apply(h, w, linear_bias, rows_target, weight, reduction,
-                                         params, chunk, impl, target_shape, loss_dtype, need)
+    if autocast is not None:
+        loss_dtype = autocast
     else:
-        per_row, denominator, *_ = _linear_cross_entropy_chunked(
-            h, w, linear_bias, rows_target, weight, None, reduction, probability,
-            ignore_index, label_smoothing, z_loss, softcap, chunk, impl, False, False, False,
-            target_shape)
+        loss_dtype = torch.promote_types(input.dtype, target.dtype) if probability \
+            else input.dtype
+    call = _Call(reduction, params, chunk, impl, tuple(loss_shape) or (1,), classes,
+                 loss_dtype, (h.dtype, w.dtype, b.dtype if b is not None else None))
+    if contract.differentiating(h, w, b, rows_target, weight):
+        need = tuple(contract.may_differentiate(t) for t in (h, w, b))
+        function = _LinearCrossEntropy if torch.compiler.is_compiling() \
+            else _LinearCrossEntropyJvp
+        loss, *_ = function.apply(h, w, b, rows_target, weight, call, need)
+    else:
+        per_row, denominator, *_ = call.run(h, w, b, rows_target, weight, None,
+                                            (False, False, False))
         loss = sem.reduce_loss(per_row, reduction, denominator).to(loss_dtype)
     if reduction == "none":
-        loss = loss.reshape(lead)
+        loss = loss.reshape(loss_shape)
     return loss
