@@ -208,3 +208,28 @@ def block_loss_and_grad(
     if not params.probability:
         g = torch.where(valid_b[:, None], g, 0.0)
     return loss, g
+
+
+def probability_target_terms(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
+    softcap: float | None, label_smoothing: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``d loss_n / d t`` and ``d loss_n / d w`` per row ``(m, C)``, for probability targets.
+
+    ``loss_n = -sum_c w_c t'_c log p_c`` with ``t' = (1 - eps) t + eps / C``, so
+    ``d/dt_c = -(1 - eps) w_c log p_c`` and ``d/dw_c = -t'_c log p_c``; the ``'mean'``
+    denominator (the element count) and z-loss (weight 1) depend on neither.  A class with
+    ``t'_c = 0`` (or ``w_c = 0``) on a ``-inf`` logit adds 0, not NaN.  Plain torch
+    operations, used only when a probability target or a class weight requires grad.
+    """
+    x = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
+    if softcap is not None:
+        x = softcap * torch.tanh(x / softcap)
+    log_p = torch.log_softmax(x, dim=-1)
+    classes = logits.shape[-1]
+    t = sem.smoothed_probabilities(target.to(log_p.dtype), label_smoothing, classes)
+    w = weight.to(log_p.dtype) if weight is not None else None
+    d_weight = -torch.where(t != 0, t * log_p, 0.0)
+    on_target, _ = sem.smoothing_terms(label_smoothing, classes)
+    d_target = -on_target * (log_p if w is None else torch.where(w != 0, w * log_p, 0.0))
+    return d_target, d_weight

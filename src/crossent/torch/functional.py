@@ -18,6 +18,7 @@ from .. import _semantics as sem
 from . import _contract as contract
 from . import _ops
 from ._impl import resolve_impl
+from ._rows import probability_target_terms
 
 
 @dataclass(frozen=True)
@@ -48,33 +49,6 @@ def _run(logits, target, weight, call: _Call, want_grad: bool):
         return per_row, denominator, logits
     return _ops.cross_entropy_fwd(logits, target, weight, *call.op_args(), want_grad,
                                   call.impl, list(call.target_shape))
-
-
-def _log_probabilities(logits, call: _Call):
-    """``log_softmax`` of the (soft-capped) logits, in the compute precision."""
-    x = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
-    if call.softcap is not None:
-        x = call.softcap * torch.tanh(x / call.softcap)
-    return torch.log_softmax(x, dim=-1)
-
-
-def _target_and_weight_terms(logits, target, weight, call: _Call):
-    """``d loss_n / d t`` and ``d loss_n / d w`` per row, for probability targets.
-
-    ``loss_n = -sum_c w_c t'_c log p_c`` with ``t' = (1 - eps) t + eps / C``, so
-    ``d/dt_c = -(1 - eps) w_c log p_c`` and ``d/dw_c = -t'_c log p_c``; the 'mean'
-    denominator (the element count) and z-loss (weight 1) do not depend on either.
-    A class with ``t'_c = 0`` (or ``w_c = 0``) on a ``-inf`` logit adds 0, not NaN.
-    """
-    log_p = _log_probabilities(logits, call)
-    cd = log_p.dtype
-    classes = logits.shape[-1]
-    t = sem.smoothed_probabilities(target.to(cd), call.label_smoothing, classes)
-    w = weight.to(cd) if weight is not None else None
-    d_weight = -torch.where(t != 0, t * log_p, 0.0)
-    on_target, _ = sem.smoothing_terms(call.label_smoothing, classes)
-    d_target = -on_target * (log_p if w is None else torch.where(w != 0, w * log_p, 0.0))
-    return d_target, d_weight
 
 
 def _row_factor(scale: torch.Tensor, call: _Call, rows: int) -> torch.Tensor:
@@ -135,7 +109,8 @@ class _FusedCrossEntropy(torch.autograd.Function):
             d_logits = _FusedCrossEntropy._logits_gradient(ctx, logits, target, weight,
                                                            grad_loss)
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            d_t, d_w = _target_and_weight_terms(logits, target, weight, call)
+            d_t, d_w = probability_target_terms(logits, target, weight, call.softcap,
+                                                call.label_smoothing)
             factor = _row_factor(grad_loss.to(d_t.dtype), call, logits.shape[0])
             if ctx.needs_input_grad[1]:
                 d_target = (d_t * factor).to(target.dtype)
@@ -185,9 +160,10 @@ class _FusedCrossEntropyJvp(_FusedCrossEntropy):
         if logits_t is not None:
             prod = grad.to(logits_t.dtype) * logits_t
             tangent = prod.sum(-1) if reduce_rows else prod.sum()
-        if target_t is not None or weight_t is not None:
+        if call.probability and (target_t is not None or weight_t is not None):
             logits, target, weight = ctx.saved_tensors
-            d_t, d_w = _target_and_weight_terms(logits, target, weight, call)
+            d_t, d_w = probability_target_terms(logits, target, weight, call.softcap,
+                                                call.label_smoothing)
             factor = _row_factor(torch.ones((), dtype=d_t.dtype, device=d_t.device), call,
                                  logits.shape[0])
             extra = 0.0

@@ -45,7 +45,13 @@ from . import _contract as contract
 from ._impl import resolve_impl
 from ._ops import register_looping_vmap
 from ._params import CrossEntropyParams
-from ._rows import block_loss_and_grad, check_targets_and_scale, compute_dtype, rows_executor
+from ._rows import (
+    block_loss_and_grad,
+    check_targets_and_scale,
+    compute_dtype,
+    probability_target_terms,
+    rows_executor,
+)
 
 #: Memory the ``(chunk, V)`` logits buffer may use, counted in float32: 128 MiB ...
 CHUNK_BUDGET_BYTES = 128 << 20
@@ -229,7 +235,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
             ctx.kept = None
             grads = [contract.scale_into(g, grad_loss, dt) if needed else None
                      for g, dt, needed in zip(kept, dtypes, ctx.need)]
-        return (*grads,) + (None,) * 4
+        d_target = d_weight = None
+        if ctx.needs_input_grad[3] or ctx.needs_input_grad[4]:
+            d_target, d_weight = _target_and_weight_grads(h, w, b, target, weight, grad_loss,
+                                                          call)
+            d_target = d_target if ctx.needs_input_grad[3] else None
+            d_weight = d_weight if ctx.needs_input_grad[4] else None
+        return (*grads, d_target, d_weight, None, None)
 
 
 class _LinearCrossEntropyJvp(_LinearCrossEntropy):
@@ -241,8 +253,20 @@ class _LinearCrossEntropyJvp(_LinearCrossEntropy):
     """
 
     @staticmethod
-    def jvp(ctx, h_t, w_t, b_t, _target_t, _weight_t, _call_t, _need_t):
+    def jvp(ctx, h_t, w_t, b_t, target_t, weight_t, _call_t, _need_t):
+        tangent = _LinearCrossEntropyJvp._input_tangent(ctx, h_t, w_t, b_t)
+        if ctx.call.params.probability and (target_t is not None or weight_t is not None):
+            h, w, b, target, weight = ctx.saved_tensors
+            extra = _target_and_weight_tangent(h, w, b, target, weight, target_t, weight_t,
+                                               ctx.call)
+            tangent = extra if tangent is None else tangent + extra.to(tangent.dtype)
+        return tangent.to(ctx.call.loss_dtype), None, None, None
+
+    @staticmethod
+    def _input_tangent(ctx, h_t, w_t, b_t):
         call: _Call = ctx.call
+        if h_t is None and w_t is None and b_t is None:
+            return None
         if call.reduction != "none":
             if ctx.kept is None:
                 raise RuntimeError("crossent.torch.linear_cross_entropy: forward-mode AD "
@@ -254,9 +278,71 @@ class _LinearCrossEntropyJvp(_LinearCrossEntropy):
                 term = (grad.to(torch.float64 if tan.dtype == torch.float64 else
                                 torch.float32) * tan).sum()
                 tangent = term if tangent is None else tangent + term
-            return tangent.to(call.loss_dtype), None, None, None
+            return tangent
         h, w, b, target, weight = ctx.saved_tensors
-        return _row_tangents(h, w, b, target, weight, h_t, w_t, b_t, call), None, None, None
+        return _row_tangents(h, w, b, target, weight, h_t, w_t, b_t, call)
+
+
+def _probability_terms_by_chunk(h, w, b, target, weight, call: _Call):
+    """``(first, last, d_target, d_weight)`` per chunk of loss rows: the per-row terms of
+    :func:`crossent.torch._rows.probability_target_terms`, for an upstream gradient of 1
+    on each row's loss.  Plain torch operations (``torch.func`` can run them)."""
+    classes = call.classes
+    spatial = w.shape[0] // classes
+    for start in range(0, h.shape[0], call.chunk):
+        stop = min(start + call.chunk, h.shape[0])
+        logits = h[start:stop] @ w.t()
+        if b is not None:
+            logits = logits + b
+        first, last = start * spatial, stop * spatial
+        d_t, d_w = probability_target_terms(logits.reshape(-1, classes), target[first:last],
+                                            weight, call.params.softcap,
+                                            call.params.label_smoothing)
+        yield first, last, d_t, d_w
+
+
+def _row_scale(scale: torch.Tensor, call: _Call, rows: int) -> torch.Tensor:
+    """``d reduced loss / d loss_n`` (0-d, or one per row for ``'none'``)."""
+    scale = scale.reshape(-1) if call.reduction == "none" else scale
+    if call.reduction == "mean":
+        scale = scale / sem.mean_denominator_probability(rows)
+    return scale
+
+
+def _target_and_weight_grads(h, w, b, target, weight, grad_loss, call: _Call):
+    """Gradients of probability targets and class weights, chunk by chunk."""
+    rows = target.shape[0]
+    scale = _row_scale(grad_loss, call, rows)
+    d_targets, d_weight = [], None
+    for first, last, d_t, d_w in _probability_terms_by_chunk(h, w, b, target, weight, call):
+        factor = (scale[first:last] if scale.ndim else scale).to(d_t.dtype)
+        factor = factor.reshape(-1, 1) if factor.ndim else factor
+        d_targets.append(d_t * factor)
+        part = (d_w * factor).sum(0)
+        d_weight = part if d_weight is None else d_weight + part
+    d_target = torch.cat(d_targets) if d_targets else torch.zeros_like(target)
+    if d_weight is None:
+        d_weight = torch.zeros(call.classes, dtype=target.dtype, device=h.device)
+    return (d_target.to(target.dtype),
+            d_weight.to(weight.dtype if weight is not None else target.dtype))
+
+
+def _target_and_weight_tangent(h, w, b, target, weight, target_t, weight_t, call: _Call):
+    """The loss's tangent from the tangents of probability targets and class weights."""
+    parts = []
+    for first, last, d_t, d_w in _probability_terms_by_chunk(h, w, b, target, weight, call):
+        part = 0.0
+        if target_t is not None:
+            part = part + (d_t * target_t[first:last]).sum(-1)
+        if weight_t is not None:
+            part = part + (d_w * weight_t).sum(-1)
+        parts.append(part)
+    per_row = torch.cat(parts) if parts else h.new_zeros((0,))
+    if call.reduction == "none":
+        return per_row
+    total = per_row.sum()
+    return total / sem.mean_denominator_probability(target.shape[0]) \
+        if call.reduction == "mean" else total
 
 
 def _row_tangents(h, w, b, target, weight, h_t, w_t, b_t, call: _Call) -> torch.Tensor:
@@ -401,11 +487,6 @@ def linear_cross_entropy(
                 f"target of shape {tuple(target.shape)} holds class probabilities and must "
                 f"be floating point, got {contract.dtype_name(target)}")
         contract.check_float_dtype(target, "target", "class probabilities")
-        if target.requires_grad and torch.is_grad_enabled():
-            raise RuntimeError(
-                "crossent.torch.linear_cross_entropy does not differentiate with respect to "
-                "probability targets; pass target.detach(), or use "
-                "F.cross_entropy(F.linear(...), target) to train the targets")
     else:
         if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
             raise sem.ArgumentTypeError(
@@ -424,10 +505,12 @@ def linear_cross_entropy(
             raise sem.ArgumentTypeError(
                 f"weight must be floating point, got {contract.dtype_name(weight)}")
         sem.check_class_weight(tuple(weight.shape), classes)
-        if weight.requires_grad and torch.is_grad_enabled():
+        contract.check_class_weight_dtype(weight, input.dtype, autocast)
+        if weight.requires_grad and torch.is_grad_enabled() and not probability:
             raise RuntimeError(
-                "crossent.torch.linear_cross_entropy does not differentiate with respect to "
-                "the class weight; pass weight.detach()")
+                "crossent.torch.linear_cross_entropy is not differentiable with respect to "
+                "weight for class-index targets (nor is F.cross_entropy); pass "
+                "weight.detach()")
     for name, t in (("linear_weight", linear_weight), ("target", target),
                     ("linear_bias", linear_bias), ("weight", weight)):
         if t is not None and t.device != input.device:
@@ -447,6 +530,7 @@ def linear_cross_entropy(
         low = torch.get_autocast_dtype(input.device.type)
         input, linear_weight = input.to(low), linear_weight.to(low)
         linear_bias = linear_bias.to(low) if linear_bias is not None else None
+        weight = weight.to(autocast) if weight is not None else None
     impl = resolve_impl(impl, input.device, input.dtype)
     contract.refuse_higher_order("linear_cross_entropy", False)
 
