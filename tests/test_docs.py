@@ -398,6 +398,22 @@ def test_cli_reference_is_what_the_command_prints(built_site):
         assert first_option and first_option.group(1) in page
 
 
+def _readmes() -> list[Path]:
+    """The README and its shorter draft (not pages of the site, so mkdocs checks no link)."""
+    return [p for p in (ROOT / "README.md", DOCS / "_readme_draft.md") if p.is_file()]
+
+
+@pytest.mark.parametrize("readme", _readmes(), ids=lambda p: p.name)
+def test_readme_links_lead_somewhere(readme: Path):
+    """Every relative link or image of the README names a file of the repository."""
+    text = re.sub(r"<!--.*?-->", "", readme.read_text(), flags=re.DOTALL)
+    targets = re.findall(r"\]\(([^)\s]+)\)", text)
+    local = [t.split("#")[0] for t in targets if not re.match(r"^[a-z]+:", t)]
+    assert local, "no relative link found"
+    missing = [t for t in local if t and not (ROOT / t).exists()]
+    assert not missing, f"{readme.name} links to files that do not exist: {missing}"
+
+
 # --------------------------------------------------------------------------------------------
 # The checker checks (its own rules, on small pages of their own)
 # --------------------------------------------------------------------------------------------
