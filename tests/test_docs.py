@@ -479,3 +479,64 @@ def test_update_rewrites_a_console_output(tmp_path, monkeypatch):
     write_updates(run)
     assert page.read_text() == (f"text\n\n```console\n$ crossent --version\n"
                                 f"crossent {crossent.__version__}\n```\nend\n")
+
+
+def test_docstrings_become_markdown():
+    convert = _load_hook("rst_docstrings").convert
+    text = convert("\n".join([
+        "Loss of :func:`~crossent.functional.cross_entropy` and :class:`Dataset`.",
+        "",
+        ".. math:: \\ell = -\\log p_y",
+        "    + z",
+        "",
+        "Args:",
+        "    a, b: as in PyTorch",
+        "        (second line).",
+        "",
+        ">>> f(1)  # doctest: +ELLIPSIS",
+        "2...",
+        "",
+        "Per chunk::",
+        "",
+        "    x = 1",
+        "",
+        "after",
+    ]))
+    assert text.split("\n") == [
+        "Loss of `cross_entropy` and `Dataset`.",
+        "",
+        "$$", "\\ell = -\\log p_y", "+ z", "$$",
+        "",
+        "Args:",
+        "    a: as in PyTorch", "        (second line).",
+        "    b: as in PyTorch", "        (second line).",
+        "",
+        "```pycon", ">>> f(1)", "2...", "```",
+        "",
+        "Per chunk:", "", "```text", "x = 1", "```", "",
+        "after",
+    ]
+
+
+def test_csv_tables_render_from_the_file(tmp_path):
+    hook = _load_hook("csv_tables")
+    (tmp_path / "r.csv").write_text("N,provider,ms,note\n8,crossent,1.25,\n8,torch,5.5,x\n")
+    spec = {"source": "r.csv", "labels": {"provider": {"torch": "F.cross_entropy"}},
+            "bold": {"provider": "crossent"},
+            "columns": {"N": "{N}", "provider": "{provider}", "ms": "{ms:.1f}",
+                        "note": "{note}"},
+            "caption": "{N} rows"}
+    assert hook.render(spec, tmp_path, "t").split("\n") == [
+        "| N | provider | ms | note |",
+        "|--:|---|--:|---|",
+        "| **8** | **crossent** | **1.2** | – |",
+        "| 8 | F.cross_entropy | 5.5 | x |",
+        "",
+        "8 rows",
+    ]
+    from mkdocs.exceptions import PluginError
+
+    with pytest.raises(PluginError, match="no column 'seconds'"):
+        hook.render({"source": "r.csv", "columns": {"s": "{seconds}"}}, tmp_path, "t")
+    with pytest.raises(PluginError, match="does not exist"):
+        hook.render({"source": "gone.csv", "columns": {"s": "{N}"}}, tmp_path, "t")
