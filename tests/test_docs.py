@@ -382,20 +382,31 @@ def _load_hook(name: str):
     return module
 
 
-def test_cli_reference_is_what_the_command_prints(built_site):
+def test_cli_reference_is_what_the_command_prints(built_site, monkeypatch):
     """The generated page shows, for every sub-command, what ``--help`` prints."""
+    import contextlib
+    import io
+
+    from crossent.cli import main
+
     hook = _load_hook("cli_reference")
     texts = hook.help_texts(int(COLUMNS))
     assert "crossent train" in texts and "crossent explain" in texts
     page = (built_site / "reference" / "cli" / "index.html").read_text()
-    env = dict(os.environ, COLUMNS=COLUMNS)
+    monkeypatch.setenv("COLUMNS", COLUMNS)
     for name, text in texts.items():
-        result = subprocess.run([sys.executable, "-m", "crossent", *name.split()[1:], "--help"],
-                                capture_output=True, text=True, timeout=60, env=env)
-        assert result.returncode == 0, result.stderr
-        assert result.stdout == text, f"{name} --help differs from the generated reference"
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_:
+            main([*name.split()[1:], "--help"])  # what `python -m crossent ...` runs
+        assert exit_.value.code == 0
+        assert out.getvalue() == text, f"{name} --help differs from the generated reference"
         first_option = re.search(r"^\s+(-[-\w]+)", text, re.M)
         assert first_option and first_option.group(1) in page
+    # and once through the real entry point, as a user types it
+    result = subprocess.run([sys.executable, "-m", "crossent", "train", "--help"],
+                            capture_output=True, text=True, timeout=60,
+                            env=dict(os.environ, COLUMNS=COLUMNS))
+    assert result.returncode == 0 and result.stdout == texts["crossent train"]
 
 
 def _readmes() -> list[Path]:
