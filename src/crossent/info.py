@@ -67,8 +67,18 @@ def surprisal(p: Any, base: float | None = None) -> np.ndarray:
 
     .. math:: I(p) = -\log_b p
 
+    Args:
+        p: probabilities in [0, 1], of any shape; each entry is one event (they need not
+            sum to 1).
+        base: the logarithm's base: None for nats (natural log), 2 for bits.
+
+    Returns:
+        An array of ``p``'s shape: ``inf`` where ``p`` is 0.
+
     >>> float(surprisal(0.5, base=2))
     1.0
+    >>> surprisal([0.5, 0.2, 0.0])
+    array([0.69314718, 1.60943791,        inf])
     """
     p = _probabilities(p, "p", None, distribution=False)
     with np.errstate(divide="ignore"):
@@ -80,8 +90,19 @@ def entropy(p: Any, axis: int = -1, base: float | None = None) -> np.ndarray:
 
     .. math:: H(p) = -\sum_i p_i \log_b p_i, \qquad 0 \log 0 = 0
 
+    Args:
+        p: distributions, e.g. ``(C,)`` or ``(N, C)``: non-negative, summing to 1 along
+            ``axis`` (checked, never renormalised).
+        axis: the axis that holds each distribution's outcomes.
+        base: the logarithm's base: None for nats, 2 for bits.
+
+    Returns:
+        ``p``'s shape without ``axis``: a 0-d array for one distribution.
+
     >>> round(float(entropy([0.6, 0.2, 0.2])), 10)
     0.9502705392
+    >>> entropy([[0.5, 0.5], [0.9, 0.1]], base=2)
+    array([1.        , 0.46899559])
     """
     p = _probabilities(p, "p", axis)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -94,7 +115,17 @@ def cross_entropy(p: Any, q: Any, axis: int = -1, base: float | None = None) -> 
 
     .. math:: H(p, q) = -\sum_i p_i \log_b q_i = H(p) + KL(p \,\|\, q)
 
-    Infinite where ``q`` gives probability 0 to an outcome ``p`` makes possible.
+    Infinite where ``q`` gives probability 0 to an outcome ``p`` makes possible.  For a
+    one-hot ``p`` (the true class) this is the cross-entropy loss of the prediction ``q``.
+
+    Args:
+        p: the true distributions, e.g. ``(C,)`` or ``(N, C)``, summing to 1 along ``axis``.
+        q: the predicted distributions, of ``p``'s shape, summing to 1 along ``axis``.
+        axis: the axis that holds each distribution's outcomes.
+        base: the logarithm's base: None for nats, 2 for bits.
+
+    Returns:
+        ``p``'s shape without ``axis``.
 
     >>> round(float(cross_entropy([0.0, 0.0, 1.0], [0.6, 0.2, 0.2])), 9)  # = ln 5
     1.609437912
@@ -112,7 +143,19 @@ def kl_divergence(p: Any, q: Any, axis: int = -1, base: float | None = None) -> 
 
     .. math:: KL(p \,\|\, q) = \sum_i p_i \log_b \frac{p_i}{q_i}
 
-    Equals ``scipy.special.rel_entr(p, q).sum(axis)``.
+    Equals ``scipy.special.rel_entr(p, q).sum(axis)`` and ``cross_entropy(p, q) - entropy(p)``;
+    not symmetric in ``p`` and ``q``.
+
+    Args:
+        p: the reference distributions, e.g. ``(C,)`` or ``(N, C)``, summing to 1 along
+            ``axis``.
+        q: the distributions compared with them, of ``p``'s shape.
+        axis: the axis that holds each distribution's outcomes.
+        base: the logarithm's base: None for nats, 2 for bits.
+
+    Returns:
+        ``p``'s shape without ``axis``: 0 where ``q`` equals ``p``, ``inf`` where ``q``
+        gives probability 0 to an outcome ``p`` makes possible.
 
     >>> round(float(kl_divergence([0.6, 0.2, 0.2], [0.2, 0.3, 0.5])), 10)
     0.3948162052
