@@ -344,8 +344,6 @@ def _reference_objects() -> list[tuple[str, object]]:
 #: test fails as soon as one of them passes, so that it is then removed from this list.
 KNOWN_WRONG_EXAMPLES = {
     "crossent.functional.logsumexp",  # shows 3.40760596444438, prints 3.4076059644443806
-    "crossent.torch.CrossEntropyLoss",  # shows 0.253178; label_smoothing=0.1 gives 0.336512
-    "crossent.torch.linear_cross_entropy",  # shows 0.22009, prints 0.220095
 }
 
 
