@@ -253,21 +253,30 @@ def is_unit(scale: torch.Tensor) -> bool:
     return scale.device.type == "cpu" and scale.numel() == 1 and scale.item() == 1.0
 
 
-def scale_into(grad: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype | None = None
-               ) -> torch.Tensor:
-    """``grad * scale`` written over ``grad`` (which the caller gives up), in ``dtype``.
+def rows_factor(scale: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """One factor per softmax row (``reduction='none'``), shaped to broadcast against
+    logits ``(M, C)`` (as ``(M, 1)``) or ``(N, C, S)`` (as ``(N, 1, S)``); a 0-d factor as
+    it is."""
+    if scale.ndim == 0:
+        return scale
+    if logits.ndim == 3:
+        return scale.reshape(logits.shape[0], 1, logits.shape[2])
+    return scale.reshape(-1, *([1] * (logits.ndim - 1)))
 
-    ``scale`` is 0-d, or one factor per row of ``grad`` (``reduction='none'``).  The product
-    is taken in the scale's precision and rounded once.
+
+def scale_into(grad: torch.Tensor, factor: torch.Tensor, dtype: torch.dtype | None = None
+               ) -> torch.Tensor:
+    """``grad * factor`` written over ``grad`` (which the caller gives up), in ``dtype``.
+
+    ``factor`` broadcasts against ``grad`` (0-d, or :func:`rows_factor`).  The product is
+    taken in the factor's precision and rounded once.
     """
-    if not is_unit(scale):
-        grad.mul_(scale if scale.ndim == 0 else scale.reshape(-1, *([1] * (grad.ndim - 1))))
+    if not is_unit(factor):
+        grad.mul_(factor)
     return grad if dtype is None or grad.dtype == dtype else grad.to(dtype)
 
 
-def scaled(grad: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype | None = None
+def scaled(grad: torch.Tensor, factor: torch.Tensor, dtype: torch.dtype | None = None
            ) -> torch.Tensor:
-    """``grad * scale`` as a new tensor (``grad`` is kept for a later backward)."""
-    factor = scale if scale.ndim == 0 else scale.reshape(-1, *([1] * (grad.ndim - 1)))
-    out = grad * factor
-    return out.to(dtype if dtype is not None else grad.dtype)
+    """``grad * factor`` as a new tensor (``grad`` is kept for a later backward)."""
+    return (grad * factor).to(dtype if dtype is not None else grad.dtype)

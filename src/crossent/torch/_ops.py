@@ -77,7 +77,8 @@ def _params(probability, ignore_index, label_smoothing, z_loss, softcap):
 
 def _fake_outputs(logits, target, probability):
     cd = compute_dtype(logits.dtype, target.dtype if probability else logits.dtype)
-    return (logits.new_empty((logits.shape[0],), dtype=cd), logits.new_empty((), dtype=cd))
+    rows = logits.shape[0] * (logits.shape[2] if logits.ndim == 3 else 1)
+    return (logits.new_empty((rows,), dtype=cd), logits.new_empty((), dtype=cd))
 
 
 @torch.library.custom_op("crossent::cross_entropy_fwd", mutates_args=())

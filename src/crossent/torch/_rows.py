@@ -49,7 +49,7 @@ def check_targets_and_scale(
     devices the check is an asynchronous device assertion (no host synchronisation), as
     PyTorch's own CUDA kernels do.
     """
-    rows = target.shape[0]
+    rows = target.numel() // max(num_classes, 1) if params.probability else target.shape[0]
     if params.probability:
         denominator = torch.tensor(float(sem.mean_denominator_probability(rows)), dtype=cd,
                                    device=target.device)
@@ -120,18 +120,30 @@ def cross_entropy_rows_torch(
     logits: torch.Tensor, target: torch.Tensor, params: CrossEntropyParams,
     weight: torch.Tensor | None, grad_scale: torch.Tensor, grad_out: torch.Tensor | None,
 ) -> torch.Tensor:
-    """The portable executor: :func:`block_loss_and_grad` over row blocks that fit in cache."""
-    rows, classes = logits.shape
+    """The portable executor: :func:`block_loss_and_grad` over blocks that fit in cache.
+
+    ``logits`` are ``(M, C)`` rows or ``(N, C, S)`` with the classes on axis 1 (a
+    K-dimensional input, never copied to class-last rows): blocks are then whole ``n``
+    slabs, and every per-row vector is read in ``(n, s)`` order.
+    """
     cd = compute_dtype(logits.dtype, target.dtype if params.probability else logits.dtype)
-    losses = torch.empty(rows, dtype=cd, device=logits.device)
+    batches, classes = logits.shape[:2]
+    spatial = logits.shape[2] if logits.ndim == 3 else 1
+    losses = torch.empty(batches * spatial, dtype=cd, device=logits.device)
     w = weight.to(cd) if weight is not None else None
     scale_all = grad_scale.to(cd) if grad_out is not None else None
-    block = max(1, TORCH_BLOCK_ELEMENTS // classes)
-    for s in range(0, rows, block):
-        e = min(s + block, rows)
-        scale = None if scale_all is None else (scale_all[s:e] if scale_all.ndim else scale_all)
-        loss, g = block_loss_and_grad(logits[s:e], target[s:e], params, w, scale)
-        losses[s:e] = loss
+    per_row_shape = (-1, spatial) if logits.ndim == 3 else (-1,)
+    block = max(1, TORCH_BLOCK_ELEMENTS // (classes * spatial))
+    for s in range(0, batches, block):
+        e = min(s + block, batches)
+        r0, r1 = s * spatial, e * spatial
+        rows_target = target[s:e] if params.probability else \
+            target[r0:r1].reshape(per_row_shape)
+        scale = None
+        if scale_all is not None:
+            scale = scale_all[r0:r1].reshape(per_row_shape) if scale_all.ndim else scale_all
+        loss, g = block_loss_and_grad(logits[s:e], rows_target, params, w, scale)
+        losses[r0:r1] = loss.reshape(-1)
         if g is not None:
             grad_out[s:e].copy_(g)
     return losses
@@ -142,15 +154,19 @@ def block_loss_and_grad(
     weight: torch.Tensor | None, scale: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-row losses and, when ``scale`` is given, ``scale * d loss_n / d logits``, for one
-    block of ``(m, C)`` rows, in out-of-place torch operations only (so ``torch.func``
-    transforms can run it: forward-mode AD of ``linear_cross_entropy`` uses it directly).
+    block, in out-of-place torch operations only (so ``torch.func`` transforms can run it:
+    forward-mode AD of ``linear_cross_entropy`` uses it directly).
 
-    ``target``: range-checked class indices ``(m,)`` or probabilities ``(m, C)``; ``weight``
-    in the compute dtype; ``scale``: 0-d or ``(m,)``.
+    The classes are on axis 1 of ``logits``: ``(m, C)`` rows, whose per-row vectors have
+    shape ``(m,)``, or ``(n, C, S)``, whose per-row vectors have shape ``(n, S)``.
+    ``target``: range-checked class indices (per-row shape) or probabilities (the logits'
+    shape); ``weight`` in the compute dtype; ``scale``: 0-d or per-row.
     """
     classes = logits.shape[1]
     cd = compute_dtype(logits.dtype, target.dtype if params.probability else logits.dtype)
     eps = params.label_smoothing
+    # a (C,) vector along the class axis, broadcast against the block
+    along = (lambda v: v.reshape(-1, 1)) if logits.ndim == 3 else (lambda v: v)
     x = logits.to(cd)
     if params.softcap is not None:
         th = torch.tanh(x / params.softcap)
@@ -162,7 +178,7 @@ def block_loss_and_grad(
     if params.probability:
         coef = sem.smoothed_probabilities(target.to(cd), eps, classes)
         if weight is not None:
-            coef = coef * weight
+            coef = coef * along(weight)
         coef_sum = coef.sum(dim=1)
         # 0 * log 0 = 0: classes the target does not weigh add nothing, even at -inf
         dot = torch.where(coef != 0, coef * shifted, 0.0).sum(dim=1)
@@ -171,15 +187,15 @@ def block_loss_and_grad(
         valid_b, w_y = sem.index_row_weights(target, params.ignore_index, weight)
         w_y = w_y.to(cd)
         valid = valid_b.to(cd)
-        y = torch.where(valid_b, target, torch.zeros_like(target))[:, None]
+        y = torch.where(valid_b, target, torch.zeros_like(target)).unsqueeze(1)
         weight_sum = classes if weight is None else weight.sum()
         coef_sum = sem.index_coefficient_sum(w_y, valid, eps, classes, weight_sum)
         on_target, uniform = sem.smoothing_terms(eps, classes)
         on_t = w_y * on_target
-        dot = torch.where(valid_b, on_t * shifted.gather(1, y)[:, 0], 0.0)
+        dot = torch.where(valid_b, on_t * shifted.gather(1, y).squeeze(1), 0.0)
         if eps:
-            uniform_vec = (weight * uniform) if weight is not None else torch.full(
-                (classes,), uniform, dtype=cd, device=x.device)
+            uniform_vec = along((weight * uniform) if weight is not None else torch.full(
+                (classes,), uniform, dtype=cd, device=x.device))
             dot = dot + valid * torch.where(uniform_vec != 0, shifted * uniform_vec,
                                             0.0).sum(dim=1)
         z_weight = w_y * params.z_loss
@@ -189,24 +205,24 @@ def block_loss_and_grad(
     loss = coef_sum * log_sum - dot
     p_factor = coef_sum
     if params.z_loss:
-        lse = m[:, 0] + log_sum
+        lse = m.squeeze(1) + log_sum
         loss = loss + z_weight * lse * lse
         p_factor = coef_sum + 2.0 * z_weight * lse
     if not params.probability:
         loss = torch.where(valid_b, loss, 0.0)  # ignored rows cost 0, whatever the logits
     if scale is None:
         return loss, None
-    g = ex * (scale * p_factor / sum_exp).reshape(-1, 1)
+    g = ex * (scale * p_factor / sum_exp).unsqueeze(1)
     if params.probability:
-        g = g - coef * (scale.reshape(-1, 1) if scale.ndim else scale)
+        g = g - coef * (scale.unsqueeze(1) if scale.ndim else scale)
     else:
-        g = g - torch.zeros_like(g).scatter(1, y, (on_t * scale).reshape(-1, 1))
+        g = g - torch.zeros_like(g).scatter(1, y, (on_t * scale).unsqueeze(1).expand_as(y))
         if eps:
-            g = g - (valid * scale).reshape(-1, 1) * uniform_vec
+            g = g - (valid * scale).unsqueeze(1) * uniform_vec
     if th is not None:
         g = g * (1.0 - th * th)
     if not params.probability:
-        g = torch.where(valid_b[:, None], g, 0.0)
+        g = torch.where(valid_b.unsqueeze(1), g, 0.0)
     return loss, g
 
 
@@ -214,7 +230,8 @@ def probability_target_terms(
     logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
     softcap: float | None, label_smoothing: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``d loss_n / d t`` and ``d loss_n / d w`` per row ``(m, C)``, for probability targets.
+    """``d loss_n / d t`` and ``d loss_n / d w`` per row, for probability targets, in the
+    logits' layout (``(m, C)`` or ``(n, C, S)``, classes on axis 1).
 
     ``loss_n = -sum_c w_c t'_c log p_c`` with ``t' = (1 - eps) t + eps / C``, so
     ``d/dt_c = -(1 - eps) w_c log p_c`` and ``d/dw_c = -t'_c log p_c``; the ``'mean'``
@@ -225,10 +242,12 @@ def probability_target_terms(
     x = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
     if softcap is not None:
         x = softcap * torch.tanh(x / softcap)
-    log_p = torch.log_softmax(x, dim=-1)
-    classes = logits.shape[-1]
+    log_p = torch.log_softmax(x, dim=1)  # classes on axis 1: (m, C) or (n, C, S)
+    classes = logits.shape[1]
     t = sem.smoothed_probabilities(target.to(log_p.dtype), label_smoothing, classes)
     w = weight.to(log_p.dtype) if weight is not None else None
+    if w is not None and logits.ndim == 3:
+        w = w.reshape(-1, 1)
     d_weight = -torch.where(t != 0, t * log_p, 0.0)
     on_target, _ = sem.smoothing_terms(label_smoothing, classes)
     d_target = -on_target * (log_p if w is None else torch.where(w != 0, w * log_p, 0.0))

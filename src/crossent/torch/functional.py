@@ -41,6 +41,10 @@ class _Call:
                 self.z_loss, self.softcap)
 
 
+#: Executors that compute ``(N, C, S)`` logits with the classes on axis 1 (no copy).
+_STRIDED_IMPLS = ("torch",)
+
+
 def _run(logits, target, weight, call: _Call, want_grad: bool):
     """The custom op: ``(per-row losses, 'mean' denominator, gradient or empty)``."""
     if call.inplace:
@@ -51,13 +55,25 @@ def _run(logits, target, weight, call: _Call, want_grad: bool):
                                   call.impl, list(call.target_shape))
 
 
-def _row_factor(scale: torch.Tensor, call: _Call, rows: int) -> torch.Tensor:
-    """``d reduced loss / d loss_n`` as a column, from the upstream gradient."""
+def _row_factor(scale: torch.Tensor, call: _Call, logits: torch.Tensor) -> torch.Tensor:
+    """``d reduced loss / d loss_n`` for probability targets, broadcast against the logits'
+    layout, from the upstream gradient."""
     if call.reduction == "none":
-        return scale.reshape(-1, 1)
+        return contract.rows_factor(scale, logits)
     if call.reduction == "mean":
-        scale = scale / sem.mean_denominator_probability(rows)
-    return scale.reshape(1, 1)
+        scale = scale / sem.mean_denominator_probability(logits.numel() // logits.shape[1])
+    return scale.reshape(())
+
+
+def _class_sum(t: torch.Tensor, per_row: bool) -> torch.Tensor:
+    """Sum over the class axis (axis 1 of ``(M, C)`` and ``(N, C, S)``): per row in the
+    flat ``(n, s)`` order, or the total."""
+    return t.sum(1).reshape(-1) if per_row else t.sum()
+
+
+def _non_class_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum over every axis but the class axis: ``(C,)``."""
+    return t.sum(0) if t.ndim == 2 else t.sum((0, 2))
 
 
 class _FusedCrossEntropy(torch.autograd.Function):
@@ -111,17 +127,17 @@ class _FusedCrossEntropy(torch.autograd.Function):
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             d_t, d_w = probability_target_terms(logits, target, weight, call.softcap,
                                                 call.label_smoothing)
-            factor = _row_factor(grad_loss.to(d_t.dtype), call, logits.shape[0])
+            factor = _row_factor(grad_loss.to(d_t.dtype), call, logits)
             if ctx.needs_input_grad[1]:
                 d_target = (d_t * factor).to(target.dtype)
             if ctx.needs_input_grad[2]:
-                d_weight = (d_w * factor).sum(0).to(weight.dtype)
+                d_weight = _non_class_sum(d_w * factor).to(weight.dtype)
         return d_logits, d_target, d_weight, None
 
     @staticmethod
     def _logits_gradient(ctx, logits, target, weight, grad_loss):
         call: _Call = ctx.call
-        scale = grad_loss.reshape(-1) if grad_loss.ndim else grad_loss
+        scale = contract.rows_factor(grad_loss, ctx.kept if ctx.kept is not None else logits)
         if contract.pure_backward():
             return contract.scaled(ctx.kept, scale)
         if call.inplace:
@@ -158,21 +174,19 @@ class _FusedCrossEntropyJvp(_FusedCrossEntropy):
         reduce_rows = call.reduction == "none"
         tangent = None
         if logits_t is not None:
-            prod = grad.to(logits_t.dtype) * logits_t
-            tangent = prod.sum(-1) if reduce_rows else prod.sum()
+            tangent = _class_sum(grad.to(logits_t.dtype) * logits_t, reduce_rows)
         if call.probability and (target_t is not None or weight_t is not None):
             logits, target, weight = ctx.saved_tensors
             d_t, d_w = probability_target_terms(logits, target, weight, call.softcap,
                                                 call.label_smoothing)
             factor = _row_factor(torch.ones((), dtype=d_t.dtype, device=d_t.device), call,
-                                 logits.shape[0])
+                                 logits)
             extra = 0.0
             if target_t is not None:
                 extra = extra + d_t * target_t
             if weight_t is not None:
-                extra = extra + d_w * weight_t
-            extra = (extra * factor).sum(-1)
-            extra = extra if reduce_rows else extra.sum()
+                extra = extra + d_w * (weight_t.reshape(-1, 1) if logits.ndim == 3 else weight_t)
+            extra = _class_sum(extra * factor, reduce_rows)
             tangent = extra if tangent is None else tangent + extra
         return tangent.to(call.loss_dtype), None
 
@@ -295,7 +309,14 @@ def cross_entropy(
             )
 
     classes = layout.num_classes
-    if layout.spatial:  # (N, C, d1..dK) -> (N*d1*..*dK, C), classes last (a copy)
+    if layout.spatial and impl in _STRIDED_IMPLS:
+        # (N, C, d1..dK) as (N, C, S): the classes stay on axis 1, and the executor reads
+        # them there, so neither the logits nor their gradient is copied (a reshape of a
+        # contiguous input is a view)
+        n = input.shape[0]
+        logits = input.reshape(n, classes, -1)
+        rows_target = target.reshape(n, classes, -1) if probability else None
+    elif layout.spatial:  # the Triton kernels read classes last: a class-last copy
         logits = input.movedim(1, -1).reshape(-1, classes)
         rows_target = target.movedim(1, -1).reshape(-1, classes) if probability else None
     else:
