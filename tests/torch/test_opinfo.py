@@ -153,29 +153,32 @@ def _cases():
 @pytest.mark.parametrize(("name", "variant", "api", "dtype"), list(_cases()))
 def test_samples_match_pytorch(name, variant, api, dtype):
     op = OPS[(name, variant)]
-    adapter = ADAPTERS[(name, variant, api)]
-    tolerance = TOLERANCE[dtype]
     samples = list(op.sample_inputs("cpu", dtype, requires_grad=True))
     assert samples
     for index, sample in enumerate(samples):
-        key = f"{name}-{variant}-{index}"
-        upstream = lambda out, key=key: _upstream(out, key)  # noqa: E731
-        x, args, kwargs = _fresh(sample)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # kl_div 'mean' warns on both sides
-            expected, expected_grads = _torch_grads(lambda: op.op(x, *args, **kwargs),
-                                                    [x, *args, *kwargs.values()], upstream)
-            got, got_grads = adapter(op, sample, upstream)
-        where = f"sample {index}: {sample.summary() if hasattr(sample, 'summary') else ''}"
-        assert tuple(got.shape) == tuple(expected.shape), where
-        torch.testing.assert_close(got.to(expected.dtype), expected, equal_nan=True,
-                                   msg=lambda m: f"{where}\n{m}", **tolerance)
-        if api == "numpy":  # the NumPy twins return the gradient of input only
-            expected_grads = expected_grads[:1] if got_grads else []
-        assert len(got_grads) == len(expected_grads), where
-        for ours, theirs in zip(got_grads, expected_grads):
-            if theirs is None:
-                continue
+        _check_sample(op, ADAPTERS[(name, variant, api)], api, sample,
+                      f"{name}-{variant}-{index}", TOLERANCE[dtype])
+
+
+def _check_sample(op, adapter, api, sample, key, tolerance):
+    def upstream(out):
+        return _upstream(out, key)
+
+    x, args, kwargs = _fresh(sample)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # kl_div 'mean' warns on both sides
+        expected, expected_grads = _torch_grads(lambda: op.op(x, *args, **kwargs),
+                                                [x, *args, *kwargs.values()], upstream)
+        got, got_grads = adapter(op, sample, upstream)
+    where = f"{key}: {sample.summary() if hasattr(sample, 'summary') else sample}"
+    assert tuple(got.shape) == tuple(expected.shape), where
+    torch.testing.assert_close(got.to(expected.dtype), expected, equal_nan=True,
+                               msg=lambda m: f"{where}\n{m}", **tolerance)
+    if api == "numpy":  # the NumPy twins return the gradient of input only
+        expected_grads = expected_grads[:1] if got_grads else []
+    assert len(got_grads) == len(expected_grads), where
+    for ours, theirs in zip(got_grads, expected_grads):
+        if theirs is not None:
             torch.testing.assert_close(ours.to(theirs.dtype), theirs, equal_nan=True,
                                        msg=lambda m: f"{where} (gradient)\n{m}", **tolerance)
 
