@@ -185,6 +185,18 @@ def is_probability_target(input_shape: tuple[int, ...], target_shape: tuple[int,
     return tuple(input_shape) == tuple(target_shape)
 
 
+def check_target_batch(input_shape: tuple[int, ...], target_shape: tuple[int, ...]) -> None:
+    """PyTorch compares the batch sizes before anything else about the target (its dtype
+    included): a mismatch is a ``ValueError`` whatever kind of target it is."""
+    if len(input_shape) >= 2 and len(target_shape) >= 1 and \
+            int(target_shape[0]) != int(input_shape[0]):
+        raise ValueError(
+            f"Expected input batch_size ({int(input_shape[0])}) to match target batch_size "
+            f"({int(target_shape[0])}): input of shape {_shape_str(tuple(input_shape))}, "
+            f"target of shape {_shape_str(tuple(target_shape))}"
+        )
+
+
 def check_index_target_shape(layout: ClassLayout, target_shape: tuple[int, ...]) -> None:
     """An index target has the input's shape without the class axis."""
     target_shape = tuple(int(s) for s in target_shape)

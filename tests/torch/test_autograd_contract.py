@@ -464,3 +464,24 @@ def test_several_threads_at_once(monkeypatch):
         t.join(timeout=120)
     for got, want in zip(results, expected):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------
+# 14. The exception types PyTorch raises for the same mistake
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("call", [
+    lambda m: m.linear_cross_entropy(torch.randn(2, 3), torch.randn(4, 3), torch.rand(3, 4)),
+    lambda m: m.linear_cross_entropy(torch.randn(2, 3), torch.randn(4, 3), torch.tensor([0, 1, 2])),
+    lambda m: m.linear_cross_entropy(torch.randn(2, 3), torch.randn(4, 3), torch.rand(2, 5)),
+    lambda m: m.linear_cross_entropy(torch.randn(3), torch.randn(4, 3), torch.tensor([1, 2])),
+    lambda m: m.cross_entropy(torch.randn(2, 4), torch.rand(3, 4)),
+    lambda m: m.cross_entropy(torch.randn(2, 4), torch.tensor([0, 1, 2])),
+    lambda m: m.cross_entropy(torch.randn(2, 4, 3), torch.zeros(2, 4, dtype=torch.long)),
+], ids=["linear-prob-batch", "linear-index-batch", "linear-prob-classes", "linear-1d",
+        "prob-batch", "index-batch", "kdim-shape"])
+def test_shape_mistakes_raise_pytorchs_type(call):
+    with pytest.raises(Exception) as theirs:
+        call(F)
+    with pytest.raises(type(theirs.value)):
+        call(ct)

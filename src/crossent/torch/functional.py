@@ -254,6 +254,7 @@ def cross_entropy(
     if not isinstance(inplace_backward, bool):
         raise TypeError(f"inplace_backward must be a bool, got {inplace_backward!r}")
     grad_on = torch.is_grad_enabled()
+    sem.check_target_batch(tuple(input.shape), tuple(target.shape))
     probability = sem.is_probability_target(tuple(input.shape), tuple(target.shape))
     autocast = contract.autocast_dtype(
         input.device, input.dtype, *((target.dtype,) if probability else ()))

@@ -469,6 +469,7 @@ def linear_cross_entropy(
                 f"linear_bias must have the input's dtype {contract.dtype_name(input)}, got "
                 f"{contract.dtype_name(linear_bias)}")
     lead = tuple(input.shape[:-1])
+    sem.check_target_batch(tuple(input.shape), tuple(target.shape))
     loss_shape = lead + out_spatial  # one loss per row and spatial position
     probability_shape = lead + (classes,) + out_spatial
     probability = tuple(target.shape) == probability_shape
