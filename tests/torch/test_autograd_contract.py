@@ -485,3 +485,29 @@ def test_shape_mistakes_raise_pytorchs_type(call):
         call(F)
     with pytest.raises(type(theirs.value)):
         call(ct)
+
+
+# ---------------------------------------------------------------------------------------------
+# What a backward costs: it hands out the gradients made in the forward pass
+# ---------------------------------------------------------------------------------------------
+
+def _bytes_allocated_by(fn) -> int:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    return sum(e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage > 0)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_backward_allocates_no_logits_sized_tensor(inplace):
+    rows, classes = 64, 2000
+    leaf = torch.randn(rows, classes, requires_grad=True)
+    logits = leaf.clone() if inplace else leaf
+    loss = ct.cross_entropy(logits, torch.randint(0, classes, (rows,)),
+                            inplace_backward=inplace)
+    assert _bytes_allocated_by(loss.backward) < rows * classes * 4 // 8
+    h = torch.randn(rows, 32, requires_grad=True)
+    w = torch.randn(classes, 32, requires_grad=True)
+    loss = ct.linear_cross_entropy(h, w, torch.randint(0, classes, (rows,)))
+    assert _bytes_allocated_by(loss.backward) < 32 * classes * 4 // 8

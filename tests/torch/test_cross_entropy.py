@@ -309,7 +309,7 @@ BAD_CALLS = [
      "integer class indices"),
     ("integer probability target", torch.randn(2, 3), torch.zeros(2, 3, dtype=torch.long),
      {}, "probabilities as floats"),
-    ("batch mismatch", torch.randn(2, 3), torch.tensor([0, 1, 2]), {}, "batch size"),
+    ("batch mismatch", torch.randn(2, 3), torch.tensor([0, 1, 2]), {}, "batch_size"),
     ("target of wrong rank", torch.randn(2, 3), torch.zeros(2, 4, dtype=torch.long), {},
      "must have shape"),
     ("spatial mismatch", torch.randn(2, 3, 4), torch.zeros(2, 5, dtype=torch.long), {},

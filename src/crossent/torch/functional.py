@@ -98,6 +98,8 @@ class _FusedCrossEntropy(torch.autograd.Function):
     def forward(logits, target, weight, call):
         per_row, denominator, grad = _run(logits, target, weight, call, want_grad=True)
         loss = sem.reduce_loss(per_row, call.reduction, denominator).to(call.loss_dtype)
+        if call.inplace:  # the gradient lies in the logits: setup_context keeps them
+            grad = logits.new_empty((0,))
         return loss, grad
 
     @staticmethod
@@ -105,8 +107,12 @@ class _FusedCrossEntropy(torch.autograd.Function):
         logits, target, weight, call = inputs
         _, grad = output
         ctx.mark_non_differentiable(grad)
+        # no zero-filled N x C "gradient of the gradient" is made for backward
+        ctx.set_materialize_grads(False)
         ctx.call = call
-        ctx.kept = grad  # the gradient for upstream 1; None once handed out
+        # the gradient for upstream 1 (over the logits with inplace_backward); None once
+        # handed out
+        ctx.kept = logits if call.inplace else grad
         ctx.handed_out = False
         needs_terms = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
         # the logits are saved to recompute the gradient for a backward after the first
@@ -118,6 +124,8 @@ class _FusedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, _grad_of_grad):
         contract.refuse_double_backward("cross_entropy")
+        if grad_loss is None:  # only the non-differentiable output was used
+            return None, None, None, None
         call: _Call = ctx.call
         logits, target, weight = ctx.saved_tensors
         d_logits = d_target = d_weight = None

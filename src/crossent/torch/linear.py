@@ -208,6 +208,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         h, w, b, target, weight, call, need = inputs
         _, dh, dw, db = output
         ctx.mark_non_differentiable(dh, dw, db)
+        ctx.set_materialize_grads(False)  # no zero-filled gradients of dh, dW, db
         ctx.call = call
         ctx.need = need
         ctx.kept = (dh, dw, db) if call.reduction != "none" else None
@@ -217,6 +218,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, *_grads_of_grads):
         contract.refuse_double_backward("linear_cross_entropy")
+        if grad_loss is None:  # only the non-differentiable outputs were used
+            return (None,) * 7
         call: _Call = ctx.call
         h_dtype, w_dtype, b_dtype = call.dtypes
         h, w, b, target, weight = ctx.saved_tensors
