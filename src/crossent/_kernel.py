@@ -46,6 +46,24 @@ _pools: dict[int, ThreadPoolExecutor] = {}
 _pools_lock = threading.Lock()
 
 
+def _forget_pools_after_fork() -> None:
+    """In a forked child, start again with no pools and a fresh lock.
+
+    ``fork`` copies only the calling thread: the parent's pool objects arrive in the child
+    with their worker threads gone, so a job submitted to them would wait forever (and a
+    lock held by another parent thread at the fork would stay held).  The child builds its
+    own pool on first use instead.  The parent's pool objects are dropped, not shut down:
+    shutting down would wait for threads that do not exist here.
+    """
+    global _pools, _pools_lock
+    _pools = {}
+    _pools_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; Windows has no fork
+    os.register_at_fork(after_in_child=_forget_pools_after_fork)
+
+
 def num_threads() -> int:
     """Threads the fused pass uses: ``CROSSENT_NUM_THREADS`` or the CPUs this process may use."""
     env = os.environ.get("CROSSENT_NUM_THREADS")
