@@ -33,7 +33,7 @@ ROWS, CLASSES = 40, 32000  # 1.28e6 logits > 2**20: the threaded path, without p
 
 def threaded_inputs() -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(9)
-    x = rng.normal(0.0, 2.0, size=({ROWS}, {CLASSES})).astype(np.float32)
+    x = rng.normal(0.0, 2.0, size=(ROWS, CLASSES)).astype(np.float32)
     y = rng.integers(0, CLASSES, ROWS)
     return x, y
 
