@@ -494,6 +494,100 @@ def test_logsumexp_keepdims(rng):
     close64(out[:, 0], torch.logsumexp(_t(x), 1).numpy())
 
 
+TORCH_SOFTMAX_FAMILY = {"softmax": torch.softmax, "log_softmax": torch.log_softmax,
+                        "logsumexp": torch.logsumexp}
+
+
+def assert_same_as_torch(ours, ref):
+    """Shape, dtype and values (NaN where torch has NaN) of a torch result."""
+    ref_np = ref.numpy()
+    assert np.shape(ours) == ref_np.shape
+    assert np.asarray(ours).dtype == ref_np.dtype
+    close64(ours, ref_np)
+
+
+# (shape, axes to try, why)
+EMPTY_AND_0D = [
+    ((), [0, -1], "0-d: PyTorch's one-element vector along dim 0 / -1"),
+    ((0,), [0, -1], "empty 1-D: logsumexp of an empty sum is -inf"),
+    ((0, 3), [0, 1, -1], "no rows: softmax empty, logsumexp over axis 0 is -inf per column"),
+    ((3, 0), [0, 1], "no classes: logsumexp over the empty axis is -inf per row"),
+    ((2, 0, 3), [0, 1, 2], "an empty middle axis"),
+]
+
+
+@pytest.mark.parametrize("func", list(TORCH_SOFTMAX_FAMILY))
+@pytest.mark.parametrize(("shape", "axes", "_why"), EMPTY_AND_0D,
+                         ids=[str(s) for s, _, _ in EMPTY_AND_0D])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_softmax_family_empty_and_0d_like_torch(rng, func, shape, axes, _why, dtype):
+    x = rng.normal(size=shape).astype(dtype)
+    for axis in axes:
+        ours = getattr(fn, func)(x, axis=axis)
+        assert_same_as_torch(ours, TORCH_SOFTMAX_FAMILY[func](torch.from_numpy(x), axis))
+    if func == "logsumexp":
+        for axis in axes:
+            ours = fn.logsumexp(x, axis=axis, keepdims=True)
+            assert_same_as_torch(ours, torch.logsumexp(torch.from_numpy(x), axis, keepdim=True))
+
+
+@pytest.mark.parametrize("func", list(TORCH_SOFTMAX_FAMILY))
+@pytest.mark.parametrize("value", [2.5, -7.0, INF, -INF, NAN])
+def test_softmax_family_of_a_0d_value(func, value):
+    """softmax of a finite 0-d value is 1, log_softmax 0, logsumexp the value itself;
+    infinite and NaN values give torch's NaN (softmax: inf - inf) or the value (lse)."""
+    ours = getattr(fn, func)(np.array(value))
+    ref = TORCH_SOFTMAX_FAMILY[func](torch.tensor(value, dtype=torch.float64), 0)
+    assert_same_as_torch(ours, ref)
+    if np.isfinite(value):
+        assert float(ours) == {"softmax": 1.0, "log_softmax": 0.0, "logsumexp": value}[func]
+
+
+@pytest.mark.parametrize(("shape", "axis"), [
+    ((2, 3, 4), (0, 1)),
+    ((2, 3, 4), (0, 2)),
+    ((2, 3, 4), (2, 0)),  # order does not matter
+    ((2, 3, 4), (-1, -3)),
+    ((2, 3, 4), [1, 2]),  # a list, as torch accepts
+    ((2, 3, 4), (0, 1, 2)),  # every axis: a scalar
+    ((2, 3, 4), (1,)),
+    ((5, 0, 2), (1, 2)),  # an empty axis among them: -inf
+    ((0, 4), (0, 1)),
+    ((), ()),  # torch accepts dim=() on a 0-d tensor
+    ((), (0,)),
+])
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_logsumexp_over_a_tuple_of_axes_like_torch(rng, shape, axis, keepdims):
+    x = rng.normal(0.0, 10.0, size=shape)
+    if x.size:
+        x.flat[0] = -INF  # one -inf entry changes nothing but its own term
+    ours = fn.logsumexp(x, axis=axis, keepdims=keepdims)
+    assert_same_as_torch(ours, torch.logsumexp(_t(x), axis, keepdim=keepdims))
+
+
+@pytest.mark.parametrize(("call", "torch_call"), [
+    (lambda x: fn.logsumexp(x, axis=3), lambda x: torch.logsumexp(x, 3)),
+    (lambda x: fn.logsumexp(x, axis=(0, -4)), lambda x: torch.logsumexp(x, (0, -4))),
+    (lambda x: fn.softmax(x, axis=-4), lambda x: torch.softmax(x, -4)),
+    (lambda x: fn.log_softmax(x[0, 0, 0], axis=1), lambda x: torch.log_softmax(x[0, 0, 0], 1)),
+    (lambda x: fn.logsumexp(x, axis=(1, 1)), lambda x: torch.logsumexp(x, (1, 1))),
+    (lambda x: fn.logsumexp(x, axis=(0, -3)), lambda x: torch.logsumexp(x, (0, -3))),
+    (lambda x: fn.logsumexp(x, axis=()), lambda x: torch.logsumexp(x, ())),
+    (lambda x: fn.softmax(x, axis=(0, 1)), lambda x: torch.softmax(x, (0, 1))),
+    (lambda x: fn.logsumexp(x, axis=None), lambda x: torch.logsumexp(x, None)),
+], ids=["lse-out-of-range", "lse-tuple-out-of-range", "softmax-out-of-range",
+        "0d-axis-1", "lse-duplicate", "lse-duplicate-negative", "lse-empty-tuple-nd",
+        "softmax-tuple", "lse-none"])
+def test_softmax_family_axis_errors_have_torchs_type(call, torch_call):
+    """Each bad axis raises the exception type PyTorch raises for the same dim."""
+    x = np.zeros((2, 3, 4))
+    with pytest.raises(Exception) as theirs:
+        torch_call(torch.zeros(2, 3, 4))
+    with pytest.raises(type(theirs.value)) as ours:
+        call(x)
+    assert "axis" in str(ours.value)
+
+
 # --------------------------------------------------------------------------------------------
 # 4. Edge cases: semantics.md section 6
 # --------------------------------------------------------------------------------------------

@@ -12,6 +12,10 @@ import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
+# NumPy's bad-axis error: a ValueError and an IndexError (PyTorch raises IndexError for a
+# dimension out of range).  It moved to numpy.exceptions in NumPy 1.25.
+AxisError = getattr(np, "exceptions", np).AxisError
+
 
 def describe(value: Any) -> str:
     """A short description of what arrived: ``float32 array of shape (2, 3)``."""

@@ -35,6 +35,7 @@ import numpy as np
 
 from . import _semantics as sem
 from ._arrays import (
+    AxisError,
     as_float_array,
     as_grad_output,
     compute_dtype,
@@ -66,35 +67,78 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 
-def _check_axis(x: np.ndarray, axis: Any) -> int:
-    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
-        raise TypeError(f"axis must be an int, got {type(axis).__name__} {axis!r}")
-    if x.ndim == 0 or not -x.ndim <= axis < x.ndim:
-        raise ValueError(f"axis {axis} is out of range for an array of shape {x.shape}")
-    return int(axis)
+def _axes(x: np.ndarray, axis: Any, *, many: bool = False) -> tuple[np.ndarray, tuple[int, ...]]:
+    """``(array, axes)``: the axes to work along, as non-negative ints, PyTorch's rules.
+
+    ``axis`` is an int (``many``: also a tuple or list of ints, as ``torch.logsumexp``'s
+    ``dim``).  A 0-d array is PyTorch's one-element vector: axis ``0`` or ``-1`` (or ``()``)
+    works along it, and it comes back 0-d.  An axis out of range raises NumPy's
+    ``AxisError`` (a ``ValueError`` and an ``IndexError``, PyTorch's type); an axis named
+    twice, or ``()`` on an array with axes, raises ``ArgumentError`` (PyTorch:
+    ``RuntimeError``).
+    """
+    what = "an int or a tuple of ints" if many else "an int"
+    if many and isinstance(axis, (tuple, list)):
+        items = list(axis)
+    else:
+        items = [axis]
+    for a in items:
+        if isinstance(a, bool) or not isinstance(a, (int, np.integer)):
+            raise TypeError(f"axis must be {what}, got {type(axis).__name__} {axis!r}")
+    shape = x.shape
+    if x.ndim == 0:
+        x = x.reshape(1)  # PyTorch treats a 0-d tensor as one element along dim 0 / -1
+        if not items:
+            return x, (0,)
+    if not items:
+        raise sem.ArgumentError(
+            f"axis must name at least one axis of the array of shape {shape}, got {axis!r}")
+    ndim = x.ndim
+    resolved = []
+    for a in items:
+        if not -ndim <= a < ndim:
+            raise AxisError(f"axis {int(a)} is out of range for an array of shape {shape}: "
+                            f"expected an axis in [{-ndim}, {ndim - 1}]")
+        a = int(a) % ndim
+        if a in resolved:
+            raise sem.ArgumentError(f"axis {a} appears more than once in axis={axis!r}")
+        resolved.append(a)
+    return x, tuple(resolved)
 
 
-def logsumexp(x: Any, axis: int = -1, keepdims: bool = False) -> np.ndarray:
+def _max_shift(xc: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """The row max along ``axes``, kept as an axis; ``-inf`` over an empty axis (no error)."""
+    return np.max(xc, axis=axes, keepdims=True, initial=-np.inf)
+
+
+def logsumexp(x: Any, axis: Any = -1, keepdims: bool = False) -> np.ndarray:
     r"""``log(sum(exp(x), axis))``, stable for huge and infinite entries.
 
     .. math:: \operatorname{lse}(x) = m + \log \sum_i e^{x_i - m}, \quad m = \max_i x_i
 
-    All ``-inf`` gives ``-inf``; any ``+inf`` gives ``inf``; NaN gives NaN (as ``torch``).
+    ``axis`` is an int or a tuple of ints (as ``torch.logsumexp(x, dim=(0, 1))``).  All
+    ``-inf`` gives ``-inf``, and so does an empty axis (an empty sum); any ``+inf`` gives
+    ``inf``; NaN gives NaN (as ``torch``).  A 0-d array is its own logsumexp.
 
     >>> float(logsumexp([1.0, 2.0, 3.0]))
     3.40760596444438
+    >>> round(float(logsumexp(np.zeros((2, 3)), axis=(0, 1))), 6)  # log 6
+    1.791759
     """
     x = as_float_array(x, "x")
-    axis = _check_axis(x, axis)
+    zero_d = x.ndim == 0
+    xs, axes = _axes(x, axis, many=True)
     cd = compute_dtype(x.dtype)
-    xc = x.astype(cd, copy=False)
-    m = np.max(xc, axis=axis, keepdims=True)
+    xc = xs.astype(cd, copy=False)
+    m = _max_shift(xc, axes)
     # an infinite max would make x - m NaN; shifting by 0 there gives the right +-inf
     m = np.where(np.isfinite(m), m, 0.0).astype(cd)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        out = np.log(np.sum(np.exp(xc - m), axis=axis, keepdims=True)) + m
-    if not keepdims:
-        out = np.squeeze(out, axis=axis)
+        out = np.log(np.sum(np.exp(xc - m), axis=axes, keepdims=True)) + m
+    if zero_d:
+        out = out.reshape(())
+    elif not keepdims:
+        out = np.squeeze(out, axis=axes)
     return out.astype(x.dtype, copy=False)
 
 
@@ -103,33 +147,36 @@ def log_softmax(x: Any, axis: int = -1) -> np.ndarray:
 
     .. math:: \log \operatorname{softmax}(x)_i = x_i - m - \log \sum_j e^{x_j - m}
 
+    The result has the input's shape (empty in, empty out); a finite 0-d value gives 0.
+
     >>> np.round(log_softmax([2.0, 4.0, 0.5]), 6)
     array([-2.153178, -0.153178, -3.653178])
     """
     x = as_float_array(x, "x")
-    axis = _check_axis(x, axis)
-    xc = x.astype(compute_dtype(x.dtype), copy=False)
+    xs, axes = _axes(x, axis)
+    xc = xs.astype(compute_dtype(x.dtype), copy=False)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        shifted = xc - np.max(xc, axis=axis, keepdims=True)
-        out = shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
-    return out.astype(x.dtype, copy=False)
+        shifted = xc - _max_shift(xc, axes)
+        out = shifted - np.log(np.sum(np.exp(shifted), axis=axes, keepdims=True))
+    return out.reshape(x.shape).astype(x.dtype, copy=False)
 
 
 def softmax(x: Any, axis: int = -1) -> np.ndarray:
     r"""``exp(x) / sum(exp(x))`` along ``axis``, computed after subtracting the max.
 
-    A row with ``+inf`` or only ``-inf`` is NaN, as in PyTorch.
+    A row with ``+inf`` or only ``-inf`` is NaN, as in PyTorch.  The result has the input's
+    shape (empty in, empty out); a finite 0-d value gives 1.
 
     >>> np.round(softmax([-9.0, 5.0, 10.0]), 6)
     array([0.      , 0.006693, 0.993307])
     """
     x = as_float_array(x, "x")
-    axis = _check_axis(x, axis)
-    xc = x.astype(compute_dtype(x.dtype), copy=False)
+    xs, axes = _axes(x, axis)
+    xc = xs.astype(compute_dtype(x.dtype), copy=False)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        e = np.exp(xc - np.max(xc, axis=axis, keepdims=True))
-        out = e / np.sum(e, axis=axis, keepdims=True)
-    return out.astype(x.dtype, copy=False)
+        e = np.exp(xc - _max_shift(xc, axes))
+        out = e / np.sum(e, axis=axes, keepdims=True)
+    return out.reshape(x.shape).astype(x.dtype, copy=False)
 
 
 # --------------------------------------------------------------------------------------------
