@@ -800,6 +800,32 @@ def test_kl_div_zero_target_on_minus_inf_input_is_zero():
     assert np.isnan(fn.kl_div([[0.0, 0.0]], [[-0.1, 1.1]], reduction="sum"))
 
 
+KL_INPUTS = [-INF, INF, NAN, -1.5, 0.0, 2.0]  # 2.0: finite but no log-probability
+KL_TARGETS = {False: [0.0, 0.3, 1.0, INF, NAN, -0.2],
+              True: [-INF, np.log(0.3), 0.0, -800.0, INF, NAN]}  # -800: exp underflows to 0
+
+
+@pytest.mark.parametrize("log_target", [False, True])
+def test_kl_div_special_values_against_torch(log_target):
+    """Every pair of special input and target values, element by element: PyTorch's loss
+    and gradient, except the documented ``0 * log 0`` cases (target probability 0 on an
+    input of -inf; with log_target also on a finite input), where the loss is 0 and PyTorch
+    says NaN.  An input of +inf or NaN with target probability 0 is NaN, as in PyTorch."""
+    pairs = list(itertools.product(KL_INPUTS, KL_TARGETS[log_target]))
+    x = np.array([p[0] for p in pairs])
+    t = np.array([p[1] for p in pairs])
+    loss, grad = fn.kl_div_with_grad(x, t, reduction="none", log_target=log_target)
+    ref, ref_grad = torch_kl(x, t, reduction="none", log_target=log_target)
+    target_prob_zero = t == (-INF if log_target else 0.0)
+    ours_only = target_prob_zero & ((x == -INF) | (np.isfinite(x) & log_target))
+    assert np.isnan(ref[ours_only]).all()
+    np.testing.assert_array_equal(loss[ours_only], 0.0)
+    np.testing.assert_array_equal(loss[~ours_only], ref[~ours_only])  # NaN == NaN here
+    np.testing.assert_array_equal(grad, ref_grad)
+    plus_inf_or_nan = target_prob_zero & ((x == INF) | np.isnan(x))
+    assert plus_inf_or_nan.sum() == 2 and np.isnan(loss[plus_inf_or_nan]).all()
+
+
 def test_kl_div_batchmean_of_empty_is_nan():
     assert np.isnan(fn.kl_div(np.zeros((0, 3)), np.zeros((0, 3)), reduction="batchmean"))
 

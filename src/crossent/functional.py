@@ -19,8 +19,10 @@ mathematically right value:
 * :func:`binary_cross_entropy_with_logits` at ``(+inf, y=1)`` and ``(-inf, y=0)``: loss 0,
   gradient 0 (PyTorch: NaN, pytorch#49844); at ``(-inf, y>0)`` the loss is ``inf``, the
   right value (PyTorch: NaN through its ``(1 - y) * x`` term, ``0 * -inf`` at ``y = 1``);
-* :func:`kl_div` with target 0 on an input of ``-inf`` (or a ``log_target`` of ``-inf``):
-  0 (PyTorch: NaN).
+* :func:`kl_div` where the target probability is 0 (a target of 0, or a ``log_target`` of
+  ``-inf``) and the input is ``-inf``, or, with ``log_target=True``, any finite input: 0
+  (PyTorch: NaN through ``0 * -inf``).  An input of ``+inf`` or NaN stays NaN, as in
+  PyTorch: ``+inf`` is no log-probability, so ``0 * log 0`` does not arise there.
 
 Everywhere else the numbers are PyTorch's, NaN included (an all ``-inf`` row, a ``+inf``
 logit, a NaN logit).
@@ -631,6 +633,15 @@ def binary_cross_entropy_with_logits_with_grad(
                                              grad_output, True)
 
 
+def _kl_times(prob: np.ndarray, term: np.ndarray, x: np.ndarray, no_mass: np.ndarray
+              ) -> np.ndarray:
+    """``prob * term``, except that a target with no probability mass (``no_mass``: a target
+    of 0, or a log-target of ``-inf``; not one whose ``exp`` merely underflows) adds 0
+    (``0 log 0 = 0``) on an input that is a log-probability, ``-inf`` included.  An input of
+    ``+inf`` (no log-probability) or NaN keeps PyTorch's NaN: ``0 * inf``, ``0 * nan``."""
+    return np.where(no_mass & ~(np.isnan(x) | (x == np.inf)), 0.0, prob * term)
+
+
 def _kl_div(input, target, reduction, log_target, grad_output, want_grad):
     x = as_float_array(input, "input", "a floating-point array of log-probabilities")
     t = as_float_array(target, "target", "a floating-point array of probabilities")
@@ -652,12 +663,12 @@ def _kl_div(input, target, reduction, log_target, grad_output, want_grad):
         if log_target:
             # exp(t) (t - x); a target log-probability of -inf adds 0 (PyTorch: NaN)
             prob = np.exp(tc)
-            per_elem = _times(prob, tc - xc)
+            per_elem = _kl_times(prob, tc - xc, xc, tc == -np.inf)
         else:
             # xlogy(t, t) - t x; t = 0 adds 0 even where x = -inf (PyTorch: NaN); t < 0 is NaN
             prob = tc
             t_log_t = np.where(tc == 0, 0.0, tc * np.log(tc))
-            per_elem = t_log_t - _times(tc, xc)
+            per_elem = t_log_t - _kl_times(tc, xc, xc, tc == 0)
         grad = -prob if want_grad else None
     denominator = sem.kl_div_denominator(x.shape, reduction)
     reduce_as = "mean" if denominator is not None else reduction
