@@ -148,13 +148,15 @@ def float32_to_bf16_bits(values: np.ndarray, out: np.ndarray) -> np.ndarray:
 class RowTargets:
     """Per-row target data, prepared once by the caller from the semantics rules.
 
-    Exactly one of ``index`` / ``probability`` is set.
+    Exactly one of ``index`` / ``probability`` is set.  A "row" is one softmax: one ``(n, s)``
+    position of an ``(N, C, S)`` input, in C order (``M = N * S``), or one row of ``(M, C)``.
 
     index:        (M,) int64 class per row; ignored rows hold any valid class (e.g. 0)
     on_target:    (M,) coefficient of the row's own class, ``(1 - eps) * w[y]`` (0 if ignored)
     uniform:      (C,) or scalar coefficient every class gets, ``(eps / C) * w`` (eps > 0 only)
     valid:        (M,) bool, False for ignored rows (None when no row is ignored)
-    probability:  (M, C) target probabilities (any float dtype; widened per block)
+    probability:  target probabilities in the logits' layout, ``(M, C)`` or ``(N, C, S)``
+                  (any float dtype, any strides; widened per block)
     prob_scale:   (C,) class weights applied to smoothed probabilities, or None
     coef_sum:     (M,) ``A = sum_c a_c`` for index targets (computed per block for probabilities)
     z_weight:     (M,) or scalar ``z_loss * w_n`` (0 when z-loss is off)
@@ -171,58 +173,165 @@ class RowTargets:
     z_weight: np.ndarray | float = 0.0
 
 
+# A block of an (N, C, S) input spans at least this many positions along S (when S has
+# them): 16 float32 values fill a 64-byte cache line, so each class's run in the block
+# reads whole lines even when C alone fills the block budget.
+MIN_SPATIAL_BLOCK = 16
+
+
+@dataclass(frozen=True)
+class _Blocking:
+    """How the pass cuts ``(M, C)`` or ``(N, C, S)`` logits into cache-sized blocks.
+
+    Each block is a contiguous range ``[r0, r1)`` of rows in the flat order, so every
+    per-row vector is sliced, never gathered:
+
+    * ``(M, C)``: ``block`` consecutive rows; the work units shared among threads are rows.
+    * ``(N, C, S)``: either ``nb`` whole ``(C, S)`` slabs (when one slab fits the budget) or
+      ``sb`` positions of one slab; a block is ``x[n0:n1, :, s0:s1]``, its class axis is
+      axis 1, its per-row vectors have shape ``(n1 - n0, s1 - s0)``.  The units are blocks.
+    """
+
+    three_d: bool
+    batches: int
+    classes: int
+    spatial: int
+    nb: int  # slabs per block (3-D)
+    sb: int  # positions per block (3-D); rows per block (2-D)
+    units: int
+    unit_elements: int
+    max_block_elements: int
+
+    @classmethod
+    def plan(cls, shape: tuple[int, ...]) -> _Blocking:
+        if len(shape) == 2:
+            rows, classes = shape
+            block = max(1, min(rows, BLOCK_ELEMENTS // max(classes, 1)))
+            return cls(False, rows, classes, 1, 1, block, rows, classes, block * classes)
+        batches, classes, spatial = shape
+        slab = classes * spatial
+        if slab <= BLOCK_ELEMENTS:
+            nb, sb = max(1, min(batches, BLOCK_ELEMENTS // max(slab, 1))), spatial
+            units = -(-batches // nb)
+        else:
+            nb = 1
+            sb = min(spatial, max(MIN_SPATIAL_BLOCK, BLOCK_ELEMENTS // max(classes, 1)))
+            units = batches * -(-spatial // sb)
+        elements = nb * classes * sb
+        return cls(True, batches, classes, spatial, nb, sb, units, elements, elements)
+
+    def blocks(self, start: int, stop: int):
+        """``(slices into the logits, r0, r1, per-row shape)`` for units ``[start, stop)``."""
+        if not self.three_d:
+            for r0 in range(start, stop, self.sb):
+                r1 = min(r0 + self.sb, stop)
+                yield (slice(r0, r1),), r0, r1, (r1 - r0,)
+            return
+        every = slice(None)
+        if self.sb == self.spatial:  # whole slabs
+            for k in range(start, stop):
+                n0 = k * self.nb
+                n1 = min(n0 + self.nb, self.batches)
+                yield ((slice(n0, n1), every, every), n0 * self.spatial, n1 * self.spatial,
+                       (n1 - n0, self.spatial))
+            return
+        per_slab = -(-self.spatial // self.sb)
+        for k in range(start, stop):
+            n, j = divmod(k, per_slab)
+            s0 = j * self.sb
+            s1 = min(s0 + self.sb, self.spatial)
+            r0 = n * self.spatial + s0
+            yield (slice(n, n + 1), every, slice(s0, s1)), r0, r0 + s1 - s0, (1, s1 - s0)
+
+
 def fused_softmax_cross_entropy(
-    logits: np.ndarray,  # (M, C) float16/32/64, or uint16 bfloat16 bits
+    logits: np.ndarray,  # (M, C) or (N, C, S); float16/32/64, or uint16 bfloat16 bits
     targets: RowTargets,
     grad_scale: np.ndarray | float,  # (M,) or scalar: d(reduced loss) / d(loss_n)
     compute_dtype: np.dtype,
     *,
     softcap: float | None = None,
-    grad_out: np.ndarray | None = None,  # (M, C) where the gradient goes; may alias logits
+    grad_out: np.ndarray | None = None,  # the logits' shape: where the gradient goes
     bfloat16: bool = False,
 ) -> np.ndarray:
     """Per-row losses ``(M,)`` in ``compute_dtype``; the gradient is written to ``grad_out``.
 
+    ``logits`` is ``(M, C)`` with classes last, or ``(N, C, S)`` with classes on axis 1 (an
+    ``(N, C, d1, ..., dK)`` input reshaped, a view when its memory allows), any strides.
+    Rows are ``(n, s)`` positions in C order (``M = N * S``): the order of the index target
+    reshaped to ``(-1,)``.  ``grad_out`` and ``targets.probability`` have the logits' shape.
+    No copy of the logits or of the gradient is made: each block is read from and written
+    to its place, through per-thread scratch buffers of one block.
+
     ``grad_out`` may be ``logits`` itself (in-place backward): each block is read completely
     before its gradient is written.  With ``grad_out=None`` only the loss is computed.
     """
-    rows, classes = logits.shape
+    if logits.ndim not in (2, 3):
+        raise ValueError(f"logits must be (M, C) or (N, C, S), got shape {logits.shape}")
+    for name, arr in (("grad_out", grad_out), ("targets.probability", targets.probability)):
+        if arr is not None and arr.shape != logits.shape:
+            raise ValueError(f"{name} must have the logits' shape {logits.shape}, "
+                             f"got {arr.shape}")
+    plan = _Blocking.plan(logits.shape)
+    three_d, classes = plan.three_d, plan.classes
     cd = np.dtype(compute_dtype)
-    losses = np.empty(rows, dtype=cd)
-    block_rows = max(1, min(rows, BLOCK_ELEMENTS // max(classes, 1)))
+    losses = np.empty(plan.batches * plan.spatial, dtype=cd)
+    if losses.size == 0:
+        return losses
     widen = bfloat16 or logits.dtype != cd
     narrow = grad_out is not None and (bfloat16 or grad_out.dtype != cd)
     scale_is_vector = np.ndim(grad_scale) == 1
     z_is_vector = np.ndim(targets.z_weight) == 1
     has_z = z_is_vector or targets.z_weight != 0.0
     smoothing = targets.label_smoothing
+    index = targets.index is not None
+
+    # per-row vectors broadcast along the class axis (1); class vectors along the rows
+    if three_d:
+        def across(v):
+            return v[:, None, :]
+
+        def per_class(w):
+            return w[:, None] if np.ndim(w) else w
+    else:
+        def across(v):
+            return v[:, None]
+
+        def per_class(w):
+            return w
 
     def work(start: int, stop: int) -> None:
-        # scratch buffers, one set per thread, reused for every block
-        full = (block_rows, classes)
-        x_buf = np.empty(full, cd) if (widen or softcap is not None) else None
-        g_buf = np.empty(full, cd) if (narrow or grad_out is None) else None
-        c_buf = np.empty(full, cd) if targets.probability is not None else None
-        # errstate is per thread: non-finite logits legitimately produce inf/nan here
+        # scratch buffers, one set per thread, made on first use and reused for every block
+        scratch: dict[str, np.ndarray] = {}
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            for s in range(start, stop, block_rows):
-                e = min(s + block_rows, stop)
-                _block(s, e, e - s, x_buf, g_buf, c_buf)
+            for where, r0, r1, rshape in plan.blocks(start, stop):
+                _block(where, r0, r1, rshape, scratch)
 
-    def _block(s, e, b, x_buf, g_buf, c_buf) -> None:
-        raw = logits[s:e]
+    def _block(where, r0, r1, rshape, scratch) -> None:
+        raw = logits[where]
+        shape = raw.shape
+
+        def buf(name: str) -> np.ndarray:
+            flat = scratch.get(name)
+            if flat is None:
+                flat = scratch[name] = np.empty(plan.max_block_elements, cd)
+            return flat[: raw.size].reshape(shape)
+
+        def row(v):
+            return v[r0:r1].reshape(rshape)
+
         # -- load: x in compute precision --------------------------------------------------
         if bfloat16:
-            x = bf16_bits_to_float32(raw, x_buf[:b])
+            x = bf16_bits_to_float32(raw, buf("x"))
         elif widen:
-            x = x_buf[:b]
+            x = buf("x")
             np.copyto(x, raw, casting="unsafe")
         else:
             x = raw
-        g = g_buf[:b] if g_buf is not None else grad_out[s:e]
+        g = buf("g") if (narrow or grad_out is None) else grad_out[where]
         # -- softcap: z = cap * tanh(x / cap); keep tanh for the chain rule ------------------
         if softcap is not None:
-            th = x_buf[:b]
+            th = buf("x")
             np.divide(x, softcap, out=th)
             np.tanh(th, out=th)
             z = np.multiply(th, softcap, out=g)
@@ -231,118 +340,129 @@ def fused_softmax_cross_entropy(
             z = x
         # -- shift by the row max; the target term is taken on shifted logits (exact) -------
         m = z.max(axis=1)
-        np.subtract(z, m[:, None], out=g)
-        rows_b = np.arange(b)
-        if targets.index is not None:
-            y = targets.index[s:e]
-            on_t = targets.on_target[s:e]
-            dot = on_t * g[rows_b, y]
-            if targets.valid is not None:
-                dot[~targets.valid[s:e]] = 0.0  # an ignored row's class may hold -inf
-            coef_sum = targets.coef_sum[s:e]
+        np.subtract(z, across(m), out=g)
+        valid = row(targets.valid) if targets.valid is not None else None
+        coef = None
+        if index:
+            y = row(targets.index)
+            if three_d:
+                at_target = (np.arange(shape[0])[:, None], y, np.arange(shape[2])[None, :])
+            else:
+                at_target = (np.arange(shape[0]), y)
+            on_t = row(targets.on_target)
+            dot = on_t * g[at_target]
+            if valid is not None:
+                dot[~valid] = 0.0  # an ignored row's class may hold -inf
+            coef_sum = row(targets.coef_sum)
             if smoothing:
-                uniform_dot = g @ targets.uniform if np.ndim(targets.uniform) else (
-                    g.sum(axis=1) * targets.uniform)
-                if targets.valid is not None:
-                    uniform_dot = uniform_dot * targets.valid[s:e]
+                u = targets.uniform
+                if np.ndim(u):
+                    uniform_dot = u @ g if three_d else g @ u
+                else:
+                    uniform_dot = g.sum(axis=1) * u
+                if valid is not None:
+                    uniform_dot = uniform_dot * valid
                 dot += uniform_dot
         else:
-            coef = c_buf[:b]
-            np.copyto(coef, targets.probability[s:e], casting="unsafe")
+            coef = buf("c")
+            np.copyto(coef, targets.probability[where], casting="unsafe")
             if smoothing:  # sem.smoothed_probabilities, applied in place
                 on_target, uniform = sem.smoothing_terms(smoothing, classes)
                 coef *= on_target
                 coef += uniform
             if targets.prob_scale is not None:
-                coef *= targets.prob_scale
+                coef *= per_class(targets.prob_scale)
             coef_sum = coef.sum(axis=1)
-            dot = np.einsum("ij,ij->i", coef, g)
+            dot = np.einsum("ncs,ncs->ns" if three_d else "nc,nc->n", coef, g)
         bad = ~np.isfinite(dot)
         if bad.any():
-            _exact_dot(dot, bad, g, s, targets, coef if targets.index is None else None)
+            exact = _dot_without_zero_terms(g, coef, lambda: buf("t"), per_class,
+                                            at_target if index else None,
+                                            on_t if index else None, valid, targets)
+            np.copyto(dot, exact, where=bad)
         # -- exponentiate in place: the gradient buffer now holds exp(z - m) ----------------
         np.exp(g, out=g)
         sum_exp = g.sum(axis=1)
         log_sum = np.log(sum_exp)
         loss = coef_sum * log_sum - dot
         if has_z:
-            zw = targets.z_weight[s:e] if z_is_vector else targets.z_weight
+            zw = row(targets.z_weight) if z_is_vector else targets.z_weight
             lse = m + log_sum
             loss += zw * lse * lse
             p_factor = coef_sum + 2.0 * zw * lse
         else:
             p_factor = coef_sum
-        if targets.valid is not None:
-            loss[~targets.valid[s:e]] = 0.0  # ignored rows cost 0 even with non-finite logits
-        losses[s:e] = loss
+        if valid is not None:
+            loss[~valid] = 0.0  # ignored rows cost 0 even with non-finite logits
+        losses[r0:r1] = loss.reshape(-1)
         if grad_out is None:
             return
         # -- gradient: scale * ((A + 2 z w lse) softmax - a) ----------------------------------
-        scale = grad_scale[s:e] if scale_is_vector else grad_scale
+        scale = row(grad_scale) if scale_is_vector else grad_scale
         row_factor = p_factor / sum_exp
         row_factor *= scale
-        g *= row_factor[:, None]
-        if targets.index is not None:
-            g[rows_b, y] -= on_t * scale
+        g *= across(row_factor)
+        if index:
+            g[at_target] -= on_t * scale
             if smoothing:
-                u = targets.uniform
-                uscale = scale * targets.valid[s:e] if targets.valid is not None else scale
-                if np.ndim(uscale):
-                    g -= np.multiply.outer(uscale, u) if np.ndim(u) else (uscale * u)[:, None]
-                else:
-                    g -= uscale * u
+                u = per_class(targets.uniform)
+                uscale = scale * valid if valid is not None else scale
+                g -= across(uscale) * u if np.ndim(uscale) else uscale * u
         else:
-            if np.ndim(scale):
-                coef *= scale[:, None]
-            else:
-                coef *= scale
+            coef *= across(scale) if np.ndim(scale) else scale
             g -= coef
         if th is not None:
             np.square(th, out=th)
             np.subtract(1.0, th, out=th)
             g *= th
-        if targets.valid is not None:
+        if valid is not None:
             # Ignored rows get exactly zero gradient, even when their logits are not finite
             # (PyTorch gives NaN there through 0 * nan, pytorch#11551).
-            g[~targets.valid[s:e]] = 0.0
+            np.copyto(g, 0.0, where=across(~valid))
         # -- store --------------------------------------------------------------------------
         if narrow:
-            out = grad_out[s:e]
+            out = grad_out[where]
             if bfloat16:
                 float32_to_bf16_bits(g, out)
             else:
                 np.copyto(out, g, casting="unsafe")
 
-    _run_row_ranges(rows, classes, work)
+    _run_row_ranges(plan.units, plan.unit_elements, work)
     return losses
 
 
-def _exact_dot(dot, bad, shifted, start, targets: RowTargets, coef) -> None:
-    """Recompute ``a . s`` on rows where it is not finite, skipping classes with ``a_c = 0``.
+def _dot_without_zero_terms(shifted, coef, scratch, per_class, at_target, on_t, valid,
+                            targets: RowTargets) -> np.ndarray:
+    """``a . s`` for every row of a block, leaving out the classes with ``a_c = 0``.
 
-    This is where ``0 * log 0`` lives: a class the target gives no weight (probability 0,
-    or class weight 0 under smoothing) whose logit is ``-inf``.  Its term is 0, not NaN.
-    Rows with a genuine NaN or an infinite weighted term keep NaN / inf.
+    Called only for a block where some row's plain dot product is not finite.  This is where
+    ``0 * log 0`` lives: a class the target gives no weight (probability 0, or class weight 0
+    under smoothing) whose logit is ``-inf`` adds 0, not NaN.  A genuine NaN or an infinite
+    weighted term stays NaN / inf.  Whole-block array operations, a few passes over the
+    block: a masked vocabulary (every row with ``-inf`` logits) costs a fraction more than
+    an unmasked one, not a Python loop per row.  ``scratch()`` gives a block-sized buffer.
     """
-    for r in np.flatnonzero(bad):
-        s_row = shifted[r]
-        if coef is not None:
-            a_row = coef[r]
-        else:
-            a_row = np.zeros_like(s_row)
-            valid = targets.valid is None or targets.valid[start + r]
-            if not valid:
-                dot[r] = 0.0
-                continue
-            if targets.label_smoothing:
-                a_row += targets.uniform
-            a_row[targets.index[start + r]] += targets.on_target[start + r]
-        used = a_row != 0
-        dot[r] = np.dot(a_row[used], s_row[used])
+    if coef is not None:  # probability targets: the block's coefficients are at hand
+        tmp = scratch()
+        np.multiply(coef, shifted, out=tmp)
+        np.copyto(tmp, 0.0, where=coef == 0)
+        return tmp.sum(axis=1)
+    target_term = on_t * shifted[at_target]
+    dot = np.where(on_t != 0, target_term, 0.0)
+    if targets.label_smoothing:
+        u = per_class(targets.uniform)
+        tmp = scratch()
+        np.multiply(shifted, u, out=tmp)
+        if np.ndim(u):
+            np.copyto(tmp, 0.0, where=u == 0)
+        dot += tmp.sum(axis=1)
+    if valid is not None:
+        dot[~valid] = 0.0
+    return dot
 
 
 def build_row_targets(
-    target: np.ndarray,  # (M,) int64 class indices, range-checked; or (M, C) probabilities
+    target: np.ndarray,  # (M,) int64 class indices, range-checked; or probabilities
     *,
     probability: bool,
     weight: np.ndarray | None,  # (C,) in compute_dtype
@@ -354,11 +474,20 @@ def build_row_targets(
 ) -> tuple[RowTargets, np.ndarray | None]:
     """The per-row coefficients of :func:`fused_softmax_cross_entropy`, from the semantics
     rules.  Returns ``(targets, w_y)``; ``w_y`` (index targets only) is each row's target
-    weight, 0 for ignored rows, whose sum is the ``'mean'`` denominator."""
+    weight, 0 for ignored rows, whose sum is the ``'mean'`` denominator.
+
+    Class indices must already be int64 and range-checked (by
+    :func:`crossent._arrays.as_class_indices` for NumPy arrays): a cast here could wrap a
+    ``uint64`` index of ``2**63`` or more onto a negative one.  Probabilities come in the
+    logits' layout, ``(M, C)`` or ``(N, C, S)``.
+    """
     cd = np.dtype(compute_dtype)
     if probability:
         return RowTargets(probability=target, prob_scale=weight,
                           label_smoothing=label_smoothing, z_weight=z_loss), None
+    if target.dtype != np.int64 or target.ndim != 1:
+        raise TypeError(f"class indices must be a range-checked (M,) int64 array, got "
+                        f"{target.dtype} of shape {target.shape}")
     valid, w_y = sem.index_row_weights(target, ignore_index, weight)
     w_y = w_y.astype(cd)
     weight_sum = num_classes if weight is None else weight.sum()

@@ -30,6 +30,7 @@ logit, a NaN logit).
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -38,6 +39,8 @@ import numpy as np
 from . import _semantics as sem
 from ._arrays import (
     AxisError,
+    as_class_indices,
+    as_class_weight,
     as_float_array,
     as_grad_output,
     compute_dtype,
@@ -197,34 +200,37 @@ def _class_indices(target: np.ndarray, name: str = "target") -> np.ndarray:
     return target
 
 
-def _check_index_range(y: np.ndarray, num_classes: int, ignore_index: int,
-                       target_shape: tuple[int, ...]) -> None:
-    bad = ((y < 0) | (y >= num_classes)) & (y != ignore_index)
-    if bad.any():
-        pos = first_position(bad.reshape(target_shape))
-        value = y.reshape(target_shape)[pos]
-        raise IndexError(sem.out_of_range_message(value, pos, num_classes, ignore_index))
+def _kernel_layout(a: np.ndarray, layout: sem.ClassLayout) -> np.ndarray:
+    """The input (or its gradient, or a probability target) as the fused pass takes it.
+
+    ``(M, C)`` with classes last for ``(C,)`` and ``(N, C)``; ``(N, C, S)`` with
+    ``S = d1 * ... * dK`` for ``(N, C, d1, ..., dK)``: classes stay on axis 1, nothing is
+    moved.  A view whenever the memory allows (always for a C-contiguous array); a
+    K-dimensional input whose strides cannot merge its trailing axes is copied by NumPy.
+    """
+    classes = layout.num_classes
+    if not layout.spatial:
+        return a.reshape(layout.rows, classes)
+    batches = layout.input_shape[0]
+    spatial = math.prod(layout.input_shape[2:])
+    if spatial == 1:  # (N, C, 1, ..., 1) is (N, C)
+        return a.reshape(batches, classes)
+    return a.reshape(batches, classes, spatial)
 
 
-def _rows_last(x: np.ndarray, layout: sem.ClassLayout) -> np.ndarray:
-    """The input as ``(rows, C)`` with classes last (a view unless ``(N, C, d1..dK)``)."""
-    if layout.spatial:
-        return np.moveaxis(x, 1, -1).reshape(-1, layout.num_classes)
-    return x.reshape(-1, layout.num_classes)
-
-
-def _rows_back(g: np.ndarray, layout: sem.ClassLayout) -> np.ndarray:
-    """Inverse of :func:`_rows_last` for the gradient (C-contiguous, the input's shape)."""
-    if layout.spatial:
-        n, *rest = layout.batch_shape
-        moved = g.reshape(n, *rest, layout.num_classes)
-        return np.ascontiguousarray(np.moveaxis(moved, -1, 1))
-    return g.reshape(layout.input_shape)
+def _target_positions(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Fancy index of each row's class ``y`` in the kernel layout ``(M, C)`` / ``(N, C, S)``
+    (rows in ``(n, s)`` C order): three ``(M,)`` arrays at most, never ``(M, C)``."""
+    rows = np.arange(y.shape[0])
+    if x.ndim == 2:
+        return rows, y
+    spatial = x.shape[2]
+    return rows // spatial, y, rows % spatial
 
 
 def _softmax_cross_entropy_rows(
-    x: np.ndarray,  # (M, C) logits, classes last
-    target: np.ndarray,  # (M,) class indices or (M, C) probabilities
+    x: np.ndarray,  # (M, C) or (N, C, S) logits: see _kernel_layout
+    target: np.ndarray,  # (M,) int64 range-checked class indices, or x-shaped probabilities
     *,
     probability: bool,
     weight: np.ndarray | None,  # (C,) in the compute dtype
@@ -235,23 +241,19 @@ def _softmax_cross_entropy_rows(
     softcap: float | None,
     cd: np.dtype,
     grad_output: np.ndarray | None,  # scalar, or (M,) for 'none'; None: no gradient
-    grad_out: np.ndarray | None = None,  # (M, C) buffer for the gradient
-    target_shape: tuple[int, ...] | None = None,  # for error positions
+    grad_out: np.ndarray | None = None,  # x-shaped buffer for the gradient
 ) -> tuple[np.ndarray, Any]:
     """Per-row losses and the gradient (into ``grad_out``), in one pass, for the NumPy API.
 
-    Arguments are already validated and laid out as rows (the torch executor has its own
-    entry, :func:`crossent.torch._rows.cross_entropy_rows_cpu`, because there the gradient
-    scale arrives as a tensor).  ``grad_output`` is the upstream gradient of the
+    Arguments are already validated and laid out for the kernel (the torch executor has its
+    own entry, :func:`crossent.torch._rows.cross_entropy_rows_cpu`, because there the
+    gradient scale arrives as a tensor).  ``grad_output`` is the upstream gradient of the
     *reduced* loss; the ``'mean'`` denominator is folded into the gradient here.  Returns
     ``(per-row losses in cd, the 'mean' denominator)``; reduce with
     :func:`crossent._semantics.reduce_loss`.
     """
-    rows, num_classes = x.shape
-    if not probability:
-        target = target.astype(np.int64, copy=False)
-        where_shape = target_shape if target_shape is not None else (rows,)
-        _check_index_range(target, num_classes, ignore_index, where_shape)
+    num_classes = x.shape[1]
+    rows = x.shape[0] * (x.shape[2] if x.ndim == 3 else 1)
     targets, w_y = build_row_targets(
         target, probability=probability, weight=weight, ignore_index=ignore_index,
         label_smoothing=label_smoothing, z_loss=z_loss, num_classes=num_classes,
@@ -277,7 +279,7 @@ def _softmax_cross_entropy_rows(
 def _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing, z_loss,
                    softcap, grad_output, want_grad):
     x = as_float_array(input, "input", "a floating-point array of logits")
-    layout = sem.class_layout(x.shape)
+    layout = sem.class_layout(x.shape, empty_batch_may_have_no_classes=True)
     target = np.asarray(target)
     reduction = sem.check_reduction(reduction)
     label_smoothing = sem.check_label_smoothing(label_smoothing)
@@ -293,38 +295,39 @@ def _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothi
             )
         target = as_float_array(target, "target", "an array of class probabilities")
         sem.check_probability_ignore_index(ignore_index)
-        cd = compute_dtype(x.dtype, target.dtype)
-        loss_dtype = np.result_type(x.dtype, target.dtype)
     else:
         _class_indices(target)
         sem.check_index_target_shape(layout, target.shape)
-        cd = compute_dtype(x.dtype)
-        loss_dtype = x.dtype
     w = None
     if weight is not None:
-        w = as_float_array(weight, "weight", "a floating-point array of class weights")
-        sem.check_class_weight(w.shape, layout.num_classes)
-        w = w.astype(cd)
+        w = as_class_weight(weight, layout.num_classes, x.dtype, probability=probability)
+    if probability:  # the loss takes the promoted dtype of all three, as in PyTorch
+        dtypes = (x.dtype, target.dtype) + (() if w is None else (w.dtype,))
+        cd, loss_dtype = compute_dtype(*dtypes), np.result_type(*dtypes)
+        rows_target = _kernel_layout(target, layout)
+    else:
+        cd, loss_dtype = compute_dtype(x.dtype), x.dtype
+        rows_target = as_class_indices(target, layout.num_classes, ignore_index).reshape(-1)
+    if w is not None:
+        w = w.astype(cd, copy=False)
 
-    rows_x = _rows_last(x, layout)
-    rows_target = _rows_last(target, layout) if probability else target.reshape(-1)
     loss_shape = layout.batch_shape if reduction == "none" else ()
     go = None
     if want_grad:
         go = as_grad_output(grad_output, loss_shape, cd)
         go = go.reshape(-1) if reduction == "none" else go[()]
-    grad = np.empty(rows_x.shape, dtype=x.dtype) if want_grad else None
+    # the gradient in the input's own layout: the kernel writes it in place, no copy after
+    grad = np.empty(x.shape, dtype=x.dtype) if want_grad else None
     per_row, denominator = _softmax_cross_entropy_rows(
-        rows_x, rows_target, probability=probability, weight=w, ignore_index=ignore_index,
-        reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
-        cd=cd, grad_output=go, grad_out=grad, target_shape=target.shape,
+        _kernel_layout(x, layout), rows_target, probability=probability, weight=w,
+        ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
+        z_loss=z_loss, softcap=softcap, cd=cd, grad_output=go,
+        grad_out=_kernel_layout(grad, layout) if want_grad else None,
     )
     with np.errstate(divide="ignore", invalid="ignore"):
         loss = _as_loss(sem.reduce_loss(per_row, reduction, denominator), layout.batch_shape,
                         loss_dtype)
-    if not want_grad:
-        return loss, None
-    return loss, _rows_back(grad, layout)
+    return loss, grad
 
 
 def _as_loss(loss: np.ndarray, batch_shape: tuple[int, ...], dtype: np.dtype) -> Any:
@@ -415,7 +418,7 @@ def cross_entropy_with_grad(
 
 def _nll_loss(input, target, weight, ignore_index, reduction, grad_output, want_grad):
     x = as_float_array(input, "input", "a floating-point array of log-probabilities")
-    layout = sem.class_layout(x.shape)
+    layout = sem.class_layout(x.shape, empty_batch_may_have_no_classes=True)
     target = _class_indices(np.asarray(target))
     sem.check_index_target_shape(layout, target.shape)
     reduction = sem.check_reduction(reduction)
@@ -423,16 +426,12 @@ def _nll_loss(input, target, weight, ignore_index, reduction, grad_output, want_
     cd = compute_dtype(x.dtype)
     w = None
     if weight is not None:
-        w = as_float_array(weight, "weight", "a floating-point array of class weights")
-        sem.check_class_weight(w.shape, layout.num_classes)
-        w = w.astype(cd)
-    rows = _rows_last(x, layout)
-    y = target.reshape(-1).astype(np.int64, copy=False)
-    _check_index_range(y, layout.num_classes, ignore_index, target.shape)
+        w = as_class_weight(weight, layout.num_classes, x.dtype, probability=False).astype(cd)
+    y = as_class_indices(target, layout.num_classes, ignore_index).reshape(-1)
     valid, w_y = sem.index_row_weights(y, ignore_index, w)
     w_y = w_y.astype(cd)
-    safe_y = np.where(valid, y, 0)
-    picked = rows[np.arange(rows.shape[0]), safe_y].astype(cd)
+    at_target = _target_positions(_kernel_layout(x, layout), np.where(valid, y, 0))
+    picked = _kernel_layout(x, layout)[at_target].astype(cd)
     # l_n = -w[y_n] x[n, y_n]; ignored elements are 0 even if their input is not finite
     per_row = np.where(valid, -w_y * picked, 0.0).astype(cd)
     denominator = sem.mean_denominator_index(w_y)
@@ -444,12 +443,12 @@ def _nll_loss(input, target, weight, ignore_index, reduction, grad_output, want_
     loss_shape = layout.batch_shape if reduction == "none" else ()
     go = as_grad_output(grad_output, loss_shape, cd)
     go = go.reshape(-1) if reduction == "none" else go[()]
-    # d l_n / d x[n, c] = -w[y_n] [c == y_n]
+    # d l_n / d x[n, c] = -w[y_n] [c == y_n], written straight into the input's layout
     with np.errstate(divide="ignore", invalid="ignore"):
         scale = go / denominator if reduction == "mean" else go
-        grad_rows = np.zeros(rows.shape, dtype=cd)
-        grad_rows[np.arange(rows.shape[0]), safe_y] = np.where(valid, -w_y * scale, 0.0)
-    return loss, _rows_back(grad_rows.astype(x.dtype, copy=False), layout)
+        grad = np.zeros(x.shape, dtype=x.dtype)
+        _kernel_layout(grad, layout)[at_target] = np.where(valid, -w_y * scale, 0.0)
+    return loss, grad
 
 
 def nll_loss(input: Any, target: Any, weight: Any = None, ignore_index: int = -100,
