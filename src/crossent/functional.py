@@ -478,6 +478,8 @@ def nll_loss_with_grad(input: Any, target: Any, weight: Any = None, ignore_index
 
 
 def _same_shape(x: np.ndarray, target: np.ndarray) -> None:
+    """Binary cross-entropy takes no broadcasting: PyTorch raises ``ValueError`` for any
+    other target shape (a deprecation turned error), so does this."""
     if x.shape != target.shape:
         raise ValueError(
             f"target must have the input's shape {x.shape}, got shape {target.shape}"
@@ -491,14 +493,28 @@ def _broadcast_weight(weight: Any, shape: tuple[int, ...], name: str, cd: np.dty
     try:
         return np.broadcast_to(w.astype(cd), shape)
     except ValueError:
-        raise ValueError(
+        raise sem.ArgumentError(  # PyTorch: RuntimeError (the broadcast of an elementwise op)
             f"{name} must broadcast to the input's shape {shape}, got shape {w.shape}"
         ) from None
 
 
+def _sum_to_shape(g: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Sum a broadcast result back to an operand's ``shape`` (the chain rule of broadcasting):
+    over the leading axes the operand lacks and the axes where it has length 1."""
+    lead = g.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(shape)
+                                       if n == 1 and g.shape[lead + i] != 1)
+    return g.sum(axis=axes).reshape(shape) if axes else g
+
+
 def _reduce_elementwise(per_elem, reduction, denominator, grad, go, want_grad, dtype,
-                        out_dtype):
-    """Reduce an elementwise loss; scale its elementwise gradient ``grad`` by ``go``."""
+                        out_dtype, input_shape=None, input_dtype=None):
+    """Reduce an elementwise loss; scale its elementwise gradient ``grad`` by ``go``.
+
+    The gradient has the input's shape and dtype, as PyTorch's ``input.grad``: summed back
+    over the axes the target broadcast the input along (``input_shape``), rounded once to
+    ``input_dtype`` (default: ``out_dtype``).
+    """
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         loss = sem.reduce_loss(per_elem, reduction, denominator)
         loss = np.asarray(loss).astype(out_dtype)
@@ -507,7 +523,10 @@ def _reduce_elementwise(per_elem, reduction, denominator, grad, go, want_grad, d
             return loss, None
         go = as_grad_output(go, per_elem.shape if reduction == "none" else (), dtype)
         scale = go / denominator if denominator is not None and reduction != "none" else go
-        return loss, (grad * scale).astype(out_dtype, copy=False)
+        grad = np.broadcast_to(grad * scale, per_elem.shape)
+        if input_shape is not None:
+            grad = _sum_to_shape(grad, input_shape)
+        return loss, grad.astype(input_dtype or out_dtype)
 
 
 def _binary_cross_entropy(input, target, weight, reduction, grad_output, want_grad):
@@ -538,7 +557,7 @@ def _binary_cross_entropy(input, target, weight, reduction, grad_output, want_gr
         grad = grad * w if want_grad else None
     out = np.result_type(x.dtype, t.dtype)
     return _reduce_elementwise(per_elem, reduction, x.size if reduction == "mean" else None,
-                               grad, grad_output, want_grad, cd, out)
+                               grad, grad_output, want_grad, cd, out, input_dtype=x.dtype)
 
 
 def binary_cross_entropy(input: Any, target: Any, weight: Any = None,
@@ -601,7 +620,7 @@ def _binary_cross_entropy_with_logits(input, target, weight, reduction, pos_weig
         grad = grad * w if want_grad else None
     out = np.result_type(x.dtype, t.dtype)
     return _reduce_elementwise(per_elem, reduction, x.size if reduction == "mean" else None,
-                               grad, grad_output, want_grad, cd, out)
+                               grad, grad_output, want_grad, cd, out, input_dtype=x.dtype)
 
 
 def binary_cross_entropy_with_logits(input: Any, target: Any, weight: Any = None,
@@ -644,7 +663,12 @@ def _kl_times(prob: np.ndarray, term: np.ndarray, x: np.ndarray, no_mass: np.nda
 def _kl_div(input, target, reduction, log_target, grad_output, want_grad):
     x = as_float_array(input, "input", "a floating-point array of log-probabilities")
     t = as_float_array(target, "target", "a floating-point array of probabilities")
-    _same_shape(x, t)
+    try:  # the target broadcasts against the input (and the input against it), as in PyTorch
+        out_shape = np.broadcast_shapes(x.shape, t.shape)
+    except ValueError:
+        raise sem.ArgumentError(
+            f"target must broadcast against the input's shape {x.shape}, got shape {t.shape}"
+        ) from None
     reduction = sem.check_reduction(reduction, sem.KL_REDUCTIONS)
     if not isinstance(log_target, (bool, np.bool_)):
         raise TypeError(f"log_target must be a bool, got {describe(log_target)}")
@@ -669,11 +693,12 @@ def _kl_div(input, target, reduction, log_target, grad_output, want_grad):
             t_log_t = np.where(tc == 0, 0.0, tc * np.log(tc))
             per_elem = t_log_t - _kl_times(tc, xc, xc, tc == 0)
         grad = -prob if want_grad else None
-    denominator = sem.kl_div_denominator(x.shape, reduction)
+    per_elem = np.broadcast_to(per_elem, out_shape)
+    denominator = sem.kl_div_denominator(x.shape, reduction, out_shape)
     reduce_as = "mean" if denominator is not None else reduction
     out = np.result_type(x.dtype, t.dtype)
     return _reduce_elementwise(per_elem, reduce_as, denominator, grad, grad_output, want_grad,
-                               cd, out)
+                               cd, out, x.shape, x.dtype)
 
 
 def kl_div(input: Any, target: Any, reduction: str = "mean", log_target: bool = False) -> Any:
@@ -684,8 +709,10 @@ def kl_div(input: Any, target: Any, reduction: str = "mean", log_target: bool = 
     .. math:: \ell = t (\log t - \log q) \quad\text{or, with log\_target,}\quad
         e^{t} (t - \log q)
 
+    ``target`` broadcasts against ``input`` (either way, as in PyTorch): the pointwise loss
+    has the broadcast shape and the gradient the input's, summed over the broadcast axes.
     ``'batchmean'`` divides the sum by ``input.shape[0]`` (the KL divergence per sample),
-    ``'mean'`` by the element count (with a warning, as in PyTorch).
+    ``'mean'`` by the pointwise loss's element count (with a warning, as in PyTorch).
 
     >>> p = log_softmax(np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 1.0]]))
     >>> round(float(kl_div(p, [[0.2, 0.3, 0.5], [0.5, 0.5, 0.0]], reduction="batchmean")), 6)
