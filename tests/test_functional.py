@@ -826,6 +826,197 @@ def test_kl_div_special_values_against_torch(log_target):
     assert plus_inf_or_nan.sum() == 2 and np.isnan(loss[plus_inf_or_nan]).all()
 
 
+# (input shape, target shape): broadcasting either way, as F.kl_div allows
+KL_BROADCASTS = [
+    ((2, 3), (3,)),
+    ((2, 3), (1, 3)),
+    ((2, 3), (2, 1)),
+    ((3,), (2, 3)),  # the input broadcasts: its gradient sums over the new axis
+    ((2, 3), ()),
+    ((), (2, 3)),  # a 0-d input: 'batchmean' divides by 1
+    ((1, 3), (2, 3)),
+    ((2, 1, 3), (4, 3)),  # both broadcast: the loss is (2, 4, 3)
+]
+
+
+@pytest.mark.parametrize(("x_shape", "t_shape"), KL_BROADCASTS,
+                         ids=[f"{a}-{b}" for a, b in KL_BROADCASTS])
+@pytest.mark.parametrize("reduction", ["none", "batchmean", "mean", "sum"])
+@pytest.mark.parametrize("log_target", [False, True])
+def test_kl_div_broadcasts_like_torch(rng, x_shape, t_shape, reduction, log_target):
+    """Loss shape and value, gradient shape and value, and only torch's own warning."""
+    x = np.log(rng.uniform(0.05, 1.0, size=x_shape))
+    t = rng.uniform(0.0, 1.0, size=t_shape)
+    target = np.log(t) if log_target else t
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loss = fn.kl_div(x, target, reduction, log_target)
+        go = random_grad_output(rng, loss)
+        ours, grad = fn.kl_div_with_grad(x, target, reduction, log_target, grad_output=go)
+    assert all("batchmean" in str(w.message) for w in caught)
+    assert bool(caught) == (reduction == "mean")
+    ref, ref_grad = torch_kl(x, target, reduction, log_target, grad_output=go)
+    assert np.shape(loss) == ref.shape and grad.shape == x.shape == ref_grad.shape
+    close64(loss, ref)
+    close64(ours, ref)
+    close64(grad, ref_grad)
+
+
+def test_kl_div_target_that_does_not_broadcast():
+    """PyTorch: RuntimeError 'The size of tensor a (4) must match'; ours is one too."""
+    x, t = np.zeros((2, 3)), np.full((4, 3), 0.5)
+    with pytest.raises(RuntimeError):
+        F.kl_div(_t(x), _t(t), reduction="sum")
+    with pytest.raises(RuntimeError, match=r"broadcast against the input's shape \(2, 3\)"):
+        fn.kl_div(x, t, reduction="sum")
+
+
+@pytest.mark.parametrize("func", ["bce", "bce_logits"])
+@pytest.mark.parametrize(("x_shape", "t_shape"), [((2, 3), (3,)), ((2, 3), (1, 3)),
+                                                  ((3,), (2, 3)), ((2, 3), ()),
+                                                  ((2, 3), (4, 3))])
+def test_binary_losses_refuse_other_target_shapes_like_torch(func, x_shape, t_shape):
+    """Unlike kl_div, PyTorch's binary losses take no broadcasting: ValueError, always."""
+    x, t = np.full(x_shape, 0.5), np.full(t_shape, 0.5)
+    ours = {"bce": fn.binary_cross_entropy, "bce_logits": fn.binary_cross_entropy_with_logits}
+    theirs = {"bce": F.binary_cross_entropy, "bce_logits": F.binary_cross_entropy_with_logits}
+    with pytest.raises(ValueError):
+        theirs[func](_t(x), _t(t))
+    with pytest.raises(ValueError, match=r"^target must have the input's shape"):
+        ours[func](x, t)
+
+
+@pytest.mark.parametrize("name", ["weight", "pos_weight"])
+@pytest.mark.parametrize("w_shape", [(2,), (2, 2, 3)])
+def test_binary_weights_that_do_not_broadcast_raise_torchs_type(name, w_shape):
+    x, t, w = np.full((2, 3), 0.5), np.full((2, 3), 0.5), np.ones(w_shape)
+    with pytest.raises(RuntimeError):
+        F.binary_cross_entropy_with_logits(_t(x), _t(t), reduction="none", **{name: _t(w)})
+    with pytest.raises(RuntimeError, match=rf"^{name} must broadcast"):
+        fn.binary_cross_entropy_with_logits(x, t, reduction="none", **{name: w})
+    if name == "weight":
+        with pytest.raises(RuntimeError):
+            F.binary_cross_entropy(_t(x), _t(t), reduction="none", weight=_t(w))
+        with pytest.raises(RuntimeError, match=r"^weight must broadcast"):
+            fn.binary_cross_entropy(x, t, reduction="none", weight=w)
+
+
+@pytest.mark.parametrize(("x_dtype", "t_dtype"), [(np.float32, np.float64),
+                                                  (np.float16, np.float32),
+                                                  (np.float64, np.float32)])
+def test_elementwise_gradients_have_the_inputs_dtype(x_dtype, t_dtype):
+    """``input.grad`` has the input's dtype in PyTorch, whatever the target's."""
+    x = np.array([[0.2, 0.5], [0.7, 0.9]], x_dtype)
+    t = np.array([[0.1, 0.6], [0.3, 1.0]], t_dtype)
+    for ours, theirs in [(fn.kl_div_with_grad, F.kl_div),
+                         (fn.binary_cross_entropy_with_logits_with_grad,
+                          F.binary_cross_entropy_with_logits)]:
+        xt = torch.from_numpy(x).requires_grad_(True)
+        theirs(xt, torch.from_numpy(t), reduction="sum").backward()
+        _, grad = ours(np.log(x) if ours is fn.kl_div_with_grad else x, t, reduction="sum")
+        assert grad.dtype == x_dtype == torch.empty(0, dtype=xt.grad.dtype).numpy().dtype
+
+
+# --------------------------------------------------------------------------------------------
+# Class weights: PyTorch's dtype rule, in one home for every NumPy loss
+# --------------------------------------------------------------------------------------------
+
+FLOATS = [np.float16, np.float32, np.float64]
+
+
+def _torch_outcome(call):
+    """``('ok', loss dtype)`` or ``('raises', exception type)`` of a torch call."""
+    try:
+        return "ok", call().detach().numpy().dtype
+    except Exception as exc:  # the type is the answer
+        return "raises", type(exc)
+
+
+@pytest.mark.parametrize("x_dtype", FLOATS)
+@pytest.mark.parametrize("w_dtype", FLOATS)
+@pytest.mark.parametrize("loss", ["ce-index", "ce-kdim", "ce-prob", "nll"])
+def test_weight_dtype_rule_like_torch(rng, x_dtype, w_dtype, loss):
+    """A weight array of another dtype than the input: refused for class indices (torch:
+    RuntimeError), promoted for probability targets; where accepted, torch's loss dtype."""
+    shape = (2, 3, 2) if loss == "ce-kdim" else (4, 3)
+    x = rng.normal(size=shape).astype(x_dtype)
+    w = rng.uniform(0.5, 2.0, 3).astype(w_dtype)
+    if loss == "ce-prob":
+        target = rng.dirichlet(np.ones(3), size=4).astype(x_dtype)
+    else:
+        target = rng.integers(0, 3, (2, 2) if loss == "ce-kdim" else 4)
+    ours_fn = fn.nll_loss if loss == "nll" else fn.cross_entropy
+    theirs_fn = F.nll_loss if loss == "nll" else F.cross_entropy
+    tt = torch.from_numpy(target)
+    expected = _torch_outcome(lambda: theirs_fn(torch.from_numpy(x), tt, torch.from_numpy(w)))
+    if expected[0] == "raises":
+        assert expected[1] is RuntimeError
+        with pytest.raises(RuntimeError, match=r"^weight must have the input's dtype"):
+            ours_fn(x, target, w)
+        with pytest.raises(TypeError):  # and the NumPy user's natural type
+            ours_fn(x, target, w)
+        return
+    ours = ours_fn(x, target, w)
+    assert np.asarray(ours).dtype == expected[1]
+    ref = theirs_fn(_t(x.astype(np.float64)), tt, _t(w.astype(np.float64)))
+    np.testing.assert_allclose(float(ours), ref.item(), rtol=2e-3 if np.float16 in (
+        x_dtype, w_dtype) else 1e-6)
+
+
+@pytest.mark.parametrize("x_dtype", FLOATS)
+def test_a_weight_list_takes_the_inputs_dtype(rng, x_dtype):
+    """A list carries no dtype: converted to the input's (so any input dtype works)."""
+    x = rng.normal(size=(4, 3)).astype(x_dtype)
+    y = rng.integers(0, 3, 4)
+    listed = fn.cross_entropy_with_grad(x, y, [0.5, 1.0, 2.0])
+    typed = fn.cross_entropy_with_grad(x, y, np.array([0.5, 1.0, 2.0], x_dtype))
+    np.testing.assert_array_equal(listed[0], typed[0])
+    np.testing.assert_array_equal(listed[1], typed[1])
+    assert fn.nll_loss(x, y, [0.5, 1.0, 2.0]) == fn.nll_loss(x, y, np.array([0.5, 1.0, 2.0],
+                                                                              x_dtype))
+
+
+# --------------------------------------------------------------------------------------------
+# Empty inputs: no elements, and no classes either
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("shape", "t_shape"), [((0, 0), (0,)), ((0, 3), (0,)),
+                                                ((0, 0, 2), (0, 2)), ((0, 3, 0), (0, 0)),
+                                                ((0, 0, 0), (0, 0))])
+@pytest.mark.parametrize("loss", ["nll", "ce", "ce-weight", "ce-smooth", "ce-prob"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_no_elements_like_torch(shape, t_shape, loss, reduction):
+    """(0, 0) and friends: an empty 'none', NaN 'mean', 0 'sum', a gradient of the input's
+    shape, exactly as PyTorch (which accepts zero classes when there is no element)."""
+    x = np.zeros(shape)
+    target = np.zeros(shape) if loss == "ce-prob" else np.zeros(t_shape, np.int64)
+    weight = np.ones(shape[1]) if loss == "ce-weight" else None
+    eps = 0.1 if loss == "ce-smooth" else 0.0
+    if loss == "nll":
+        ours = fn.nll_loss_with_grad(x, target, reduction=reduction)
+        ref = torch_nll(x, target, reduction=reduction)
+    else:
+        ours = fn.cross_entropy_with_grad(x, target, weight, reduction=reduction,
+                                          label_smoothing=eps)
+        ref = torch_cross_entropy(x, target, weight, reduction=reduction, label_smoothing=eps)
+    assert np.shape(ours[0]) == ref[0].shape and ours[1].shape == ref[1].shape == shape
+    if eps and shape[1] == 0 and reduction == "sum":
+        # PyTorch divides its empty smoothing sum by C = 0 (NaN); a sum of no terms is 0
+        assert np.isnan(ref[0]) and ours[0] == 0.0
+        return
+    close64(ours[0], ref[0])
+
+
+@pytest.mark.parametrize("func", [fn.nll_loss, fn.cross_entropy])
+def test_elements_without_classes_are_refused_like_torch(func):
+    """(2, 0): every target is out of range (torch: IndexError 'Target 0 is out of bounds')."""
+    with pytest.raises(IndexError):
+        F.nll_loss(torch.zeros(2, 0), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(IndexError, match="at least one class"):
+        func(np.zeros((2, 0)), np.zeros(2, np.int64))
+
+
 def test_kl_div_batchmean_of_empty_is_nan():
     assert np.isnan(fn.kl_div(np.zeros((0, 3)), np.zeros((0, 3)), reduction="batchmean"))
 

@@ -491,8 +491,11 @@ def build_row_targets(
     valid, w_y = sem.index_row_weights(target, ignore_index, weight)
     w_y = w_y.astype(cd)
     weight_sum = num_classes if weight is None else weight.sum()
-    coef_sum = sem.index_coefficient_sum(w_y, valid, label_smoothing, num_classes, weight_sum)
-    on_target, uniform = sem.smoothing_terms(label_smoothing, num_classes)
+    # zero classes come only with zero rows (an empty batch): any count gives the same nothing
+    terms_classes = max(num_classes, 1)
+    coef_sum = sem.index_coefficient_sum(w_y, valid, label_smoothing, terms_classes,
+                                         weight_sum)
+    on_target, uniform = sem.smoothing_terms(label_smoothing, terms_classes)
     all_valid = bool(valid.all())
     targets = RowTargets(
         index=target if all_valid else np.where(valid, target, 0),
