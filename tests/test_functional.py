@@ -1123,6 +1123,191 @@ def test_gradient_matches_finite_differences(rng, name):
     np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-8)
 
 
+# --------------------------------------------------------------------------------------------
+# K-dimensional inputs (N, C, d1, ..., dK): the fused pass on the strided layout
+# --------------------------------------------------------------------------------------------
+
+# (shape, why)
+KDIM_SHAPES = [
+    ((3, 5, 7), "K=1, odd sizes"),
+    ((1, 2, 4, 3), "K=2, one sample, two classes"),
+    ((2, 1, 3, 2, 2), "K=3, a single class: every loss 0"),
+    ((0, 4, 5), "no samples: empty 'none', NaN 'mean', 0 'sum'"),
+    ((5, 300, 3, 1), "K=2 with a trailing 1, a larger C"),
+]
+# (name, make_case kind, weighted, ignore, eps, extra options)
+KDIM_OPTIONS = [
+    ("plain", "index", False, "none", 0.0, {}),
+    ("weight-ignore-smooth", "index", True, "default", 0.1, {}),
+    ("ignore-a-class", "index", False, "class1", 0.0, {}),
+    ("zloss-softcap-weight", "index", True, "default", 0.0, {"z_loss": 1e-2, "softcap": 2.0}),
+    ("prob-weight-smooth", "prob", True, "none", 0.2, {}),
+    ("prob-zloss-softcap", "prob", False, "none", 0.0, {"z_loss": 1e-2, "softcap": 2.0}),
+]
+
+
+@pytest.mark.parametrize(("shape", "_why"), KDIM_SHAPES, ids=[str(s) for s, _ in KDIM_SHAPES])
+@pytest.mark.parametrize(("name", "kind", "weighted", "ignore", "eps", "extra"), KDIM_OPTIONS,
+                         ids=[o[0] for o in KDIM_OPTIONS])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_kdim_against_torch(rng, shape, _why, name, kind, weighted, ignore, eps, extra,
+                            reduction):
+    """Loss and gradient (random upstream gradient) against torch float64, and the
+    gradient in the input's own layout (C-contiguous, the input's shape)."""
+    x, target, weight, ii = make_case(rng, shape, kind, weighted, ignore)
+    if shape[1] == 1 and ignore == "class1":
+        ii = 0
+    x = x * 2.0
+    loss = fn.cross_entropy(x, target, weight, ii, reduction, eps, **extra)
+    go = random_grad_output(rng, loss)
+    ours, grad = fn.cross_entropy_with_grad(x, target, weight, ii, reduction, eps,
+                                            grad_output=go, **extra)
+    ref, ref_grad = torch_cross_entropy(x, target, weight, ii, reduction, eps,
+                                        grad_output=go, **extra)
+    assert np.shape(ours) == ref.shape
+    assert grad.shape == x.shape and grad.flags.c_contiguous
+    close64(loss, ref)
+    close64(ours, ref)
+    close64(grad, ref_grad)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize(("name", "kind", "weighted", "ignore", "eps", "extra"),
+                         [KDIM_OPTIONS[1], KDIM_OPTIONS[3], KDIM_OPTIONS[4]],
+                         ids=[KDIM_OPTIONS[i][0] for i in (1, 3, 4)])
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_kdim_low_precision(rng, dtype, name, kind, weighted, ignore, eps, extra, reduction):
+    """float32: close to torch's float64 on the same values; float16: computed in float32,
+    so at least as close to float64 as torch's own float16, plus one rounding."""
+    x, target, weight, ii = make_case(rng, (3, 40, 6, 5), kind, weighted, ignore)
+    xl = x.astype(dtype)
+    tl = target.astype(dtype) if kind == "prob" else target
+    wl = None if weight is None else weight.astype(dtype)
+    loss, grad = fn.cross_entropy_with_grad(xl, tl, wl, ii, reduction, eps, **extra)
+    assert np.asarray(loss).dtype == dtype and grad.dtype == dtype
+    as64 = {"x": xl.astype(np.float64), "t": tl.astype(np.float64) if kind == "prob" else tl,
+            "w": None if wl is None else wl.astype(np.float64)}
+    gold, gold_grad = torch_cross_entropy(as64["x"], as64["t"], as64["w"], ii, reduction, eps,
+                                          **extra)
+    if dtype == np.float32:
+        np.testing.assert_allclose(loss, gold, rtol=2e-6, atol=1e-6)
+        np.testing.assert_allclose(grad, gold_grad, rtol=2e-5,
+                                   atol=2e-6 * np.abs(gold_grad).max())
+        return
+    same, same_grad = torch_cross_entropy(xl, tl, wl, ii, reduction, eps, dtype=torch.float16,
+                                          **extra)
+    for ours, ref16, ref64 in ((loss, same, gold), (grad, same_grad, gold_grad)):
+        ours, ref16 = np.asarray(ours, np.float64), np.asarray(ref16, np.float64)
+        ulp = np.spacing(np.abs(ref64).astype(np.float16)).astype(np.float64)
+        err = np.abs(ours - ref64)
+        assert (err <= np.abs(ref16 - ref64) + ulp).all(), float(np.max(err - ulp))
+
+
+def test_kdim_large_vocabulary_blocks_within_a_slab(rng):
+    """One (C, S) slab larger than a block: blocks of 16 positions of one sample, threaded."""
+    x = rng.normal(0.0, 2.0, size=(2, 32000, 20)).astype(np.float32)
+    y = rng.integers(0, 32000, (2, 20))
+    y[0, 3] = -100
+    loss, grad = fn.cross_entropy_with_grad(x, y, reduction="sum", label_smoothing=0.1)
+    ref, ref_grad = torch_cross_entropy(x.astype(np.float64), y, reduction="sum",
+                                        label_smoothing=0.1)
+    np.testing.assert_allclose(loss, ref, rtol=2e-6)
+    np.testing.assert_allclose(grad, ref_grad, rtol=2e-5, atol=1e-9)
+    np.testing.assert_array_equal(grad[0, :, 3], 0.0)
+
+
+def test_kdim_non_contiguous_input(rng):
+    """A transposed K-dim view: the numbers of its contiguous copy."""
+    base = rng.normal(size=(3, 4, 6, 5))
+    x = base.transpose(0, 1, 3, 2)  # (3, 4, 5, 6), strides that do not merge
+    y = rng.integers(0, 4, (3, 5, 6))
+    loss, grad = fn.cross_entropy_with_grad(x, y, reduction="none")
+    expected = fn.cross_entropy_with_grad(np.ascontiguousarray(x), y, reduction="none")
+    close64(loss, expected[0], rtol=1e-14)
+    close64(grad, expected[1], rtol=1e-14)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_kdim_nll_loss_against_torch(rng, reduction, weighted):
+    shape = (3, 6, 4, 5)
+    x, target, weight, ii = make_case(rng, shape, "index", weighted, "default")
+    logp = fn.log_softmax(x, axis=1)
+    loss = fn.nll_loss(logp, target, weight, ii, reduction)
+    go = random_grad_output(rng, loss)
+    ours, grad = fn.nll_loss_with_grad(logp, target, weight, ii, reduction, grad_output=go)
+    ref, ref_grad = torch_nll(logp, target, weight, ii, reduction, grad_output=go)
+    close64(ours, ref)
+    close64(grad, ref_grad)
+    assert grad.shape == shape and grad.flags.c_contiguous
+
+
+# --------------------------------------------------------------------------------------------
+# Memory of K-dimensional inputs: no (N, C, S)-sized temporary besides the gradient
+# --------------------------------------------------------------------------------------------
+
+
+def traced_peak(call):
+    """Peak bytes NumPy allocated during ``call()`` (NumPy reports to tracemalloc)."""
+    import gc
+    import tracemalloc
+
+    gc.collect()
+    tracemalloc.start()
+    try:
+        result = call()
+        return tracemalloc.get_traced_memory()[1], result
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize(("dtype", "kind", "options"), [
+    (np.float32, "index", {}),
+    (np.float32, "index", {"label_smoothing": 0.1, "softcap": 30.0, "z_loss": 1e-4}),
+    (np.float32, "prob", {"label_smoothing": 0.1}),
+    (np.float16, "index", {}),
+    (np.float64, "index", {"label_smoothing": 0.1}),
+], ids=["f32", "f32-all-options", "f32-prob", "f16", "f64"])
+def test_kdim_peak_memory_is_the_gradient_plus_a_few_blocks(rng, monkeypatch, dtype, kind,
+                                                            options):
+    """cross_entropy_with_grad on (16, 1000, 32, 16), two threads: the peak traced memory
+    is the returned gradient plus at most three cache blocks per thread (the widened input,
+    the gradient before narrowing, the probabilities) and a few numbers per row.  The
+    class-last copies of the input and gradient it replaced were twice the input more."""
+    monkeypatch.setenv("CROSSENT_NUM_THREADS", "2")
+    shape = (16, 1000, 32, 16)
+    x = rng.normal(size=shape).astype(dtype)
+    if kind == "prob":
+        target = rng.random(shape).astype(dtype)
+    else:
+        target = rng.integers(0, 1000, (16, 32, 16))
+    rows = 16 * 32 * 16
+    cd_size = 8 if dtype == np.float64 else 4
+    plan = _kernel_plan((16, 1000, 32 * 16))
+    bound = 2 * 3 * plan.max_block_elements * cd_size + 96 * rows
+    assert bound < x.nbytes  # so the bound has no room for an input-sized temporary
+    peak, (loss, grad) = traced_peak(
+        lambda: fn.cross_entropy_with_grad(x, target, **options))
+    assert grad.shape == shape and grad.nbytes <= peak <= grad.nbytes + bound, peak
+    peak_loss_only, _ = traced_peak(lambda: fn.cross_entropy(x, target, **options))
+    assert peak_loss_only <= bound
+
+
+def test_kdim_nll_loss_peak_memory(rng):
+    x = rng.normal(size=(8, 1000, 32, 16)).astype(np.float32)
+    y = rng.integers(0, 1000, (8, 32, 16))
+    peak, (_, grad) = traced_peak(lambda: fn.nll_loss_with_grad(x, y))
+    assert grad.nbytes <= peak <= grad.nbytes + 96 * y.size
+    peak_loss_only, _ = traced_peak(lambda: fn.nll_loss(x, y))
+    assert peak_loss_only <= 96 * y.size
+
+
+def _kernel_plan(shape):
+    from crossent import _kernel
+
+    return _kernel._Blocking.plan(shape)
+
+
 FLOAT32_CASES = [
     ((256, 1000), "index", "mean", "typical classifier head"),
     ((8, 32000), "index", "none", "large vocabulary: 32000-term sums in float32"),
