@@ -360,10 +360,15 @@ def cross_entropy(
     ``ignore_index``) and ``a = w ((1-eps) t + eps/C)`` for class probabilities ``t``.
 
     Args:
-        input: logits ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dK)``, floating point.
+        input: logits ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dK)``, floating point.  A
+            K-dimensional input is read where it lies (classes on axis 1), not copied.
         target: class indices of shape ``()``, ``(N,)`` or ``(N, d1, ..., dK)`` (any integer
-            dtype), or class probabilities of the input's shape (floating point).
-        weight: ``(C,)`` class weights.
+            dtype, range-checked in that dtype: a ``uint64`` of ``2**63`` or more is an
+            ``IndexError``), or class probabilities of the input's shape (floating point).
+        weight: ``(C,)`` class weights.  PyTorch's dtype rule: an array must have the
+            input's dtype for class-index targets (else ``TypeError``, also a
+            ``RuntimeError``); with probability targets it promotes the loss's dtype.  A
+            list carries no dtype and takes the input's.
         ignore_index: a class index whose elements add nothing to the loss and to the
             ``'mean'`` denominator (index targets only).
         reduction: ``'none'`` (the target's shape), ``'sum'``, or ``'mean'``: the sum divided
@@ -457,7 +462,9 @@ def nll_loss(input: Any, target: Any, weight: Any = None, ignore_index: int = -1
 
     Same as ``torch.nn.functional.nll_loss``: ``l_n = -w[y_n] input[n, y_n]`` (0 when
     ``y_n == ignore_index``); ``'mean'`` divides by ``sum_n w[y_n]`` over non-ignored elements.
-    The input is not checked to be log-probabilities (nor is it in PyTorch).
+    The input is not checked to be log-probabilities (nor is it in PyTorch).  A ``weight``
+    array must have the input's dtype (a list takes it), as in PyTorch; an empty batch may
+    have no classes, ``(0, 0)``: an empty ``'none'``, NaN ``'mean'``, 0 ``'sum'``.
 
     >>> float(nll_loss(np.log([[0.6, 0.2, 0.2]]), [2]))  # doctest: +ELLIPSIS
     1.6094379...
