@@ -18,6 +18,7 @@ Error messages are in ``test_semantics.py``; the threaded and blocked paths of t
 from __future__ import annotations
 
 import itertools
+import math
 import warnings
 
 import numpy as np
@@ -1261,29 +1262,35 @@ def traced_peak(call):
         tracemalloc.stop()
 
 
-@pytest.mark.parametrize(("dtype", "kind", "options"), [
-    (np.float32, "index", {}),
-    (np.float32, "index", {"label_smoothing": 0.1, "softcap": 30.0, "z_loss": 1e-4}),
-    (np.float32, "prob", {"label_smoothing": 0.1}),
-    (np.float16, "index", {}),
-    (np.float64, "index", {"label_smoothing": 0.1}),
-], ids=["f32", "f32-all-options", "f32-prob", "f16", "f64"])
-def test_kdim_peak_memory_is_the_gradient_plus_a_few_blocks(rng, monkeypatch, dtype, kind,
-                                                            options):
-    """cross_entropy_with_grad on (16, 1000, 32, 16), two threads: the peak traced memory
-    is the returned gradient plus at most three cache blocks per thread (the widened input,
-    the gradient before narrowing, the probabilities) and a few numbers per row.  The
-    class-last copies of the input and gradient it replaced were twice the input more."""
+@pytest.mark.parametrize(("shape", "dtype", "kind", "options"), [
+    ((16, 1000, 32, 16), np.float32, "index", {}),
+    ((16, 1000, 32, 16), np.float32, "index",
+     {"label_smoothing": 0.1, "softcap": 30.0, "z_loss": 1e-4}),
+    ((16, 1000, 32, 16), np.float32, "prob", {"label_smoothing": 0.1}),
+    ((16, 1000, 32, 16), np.float16, "index", {}),
+    ((16, 1000, 32, 16), np.float64, "index", {"label_smoothing": 0.1}),
+    ((4, 32000, 8, 8), np.float32, "index", {"label_smoothing": 0.1}),
+    ((4, 32000, 8, 8), np.float32, "prob", {}),
+], ids=["f32", "f32-all-options", "f32-prob", "f16", "f64", "f32-gather", "f32-gather-prob"])
+def test_kdim_peak_memory_is_the_gradient_plus_a_few_blocks(rng, monkeypatch, shape, dtype,
+                                                            kind, options):
+    """cross_entropy_with_grad on a K-dim input, two threads: the peak traced memory is the
+    returned gradient plus at most three cache blocks per thread (the widened or gathered
+    input, the gradient before it is stored, the probabilities) and a few numbers per row.
+    The class-last copies of the input and gradient it replaced were twice the input more.
+    (16, 1000, 32, 16) is computed on its blocks in place, (4, 32000, 8, 8) (short runs
+    along S) as class-last rows in scratch."""
     monkeypatch.setenv("CROSSENT_NUM_THREADS", "2")
-    shape = (16, 1000, 32, 16)
     x = rng.normal(size=shape).astype(dtype)
+    batch_shape = shape[:1] + shape[2:]
     if kind == "prob":
         target = rng.random(shape).astype(dtype)
     else:
-        target = rng.integers(0, 1000, (16, 32, 16))
-    rows = 16 * 32 * 16
+        target = rng.integers(0, shape[1], batch_shape)
+    rows = math.prod(batch_shape)
     cd_size = 8 if dtype == np.float64 else 4
-    plan = _kernel_plan((16, 1000, 32 * 16))
+    plan = _kernel_plan((shape[0], shape[1], math.prod(shape[2:])))
+    assert plan.gather == (shape[1] == 32000)
     bound = 2 * 3 * plan.max_block_elements * cd_size + 96 * rows
     assert bound < x.nbytes  # so the bound has no room for an input-sized temporary
     peak, (loss, grad) = traced_peak(
