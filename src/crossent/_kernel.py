@@ -410,7 +410,7 @@ def fused_softmax_cross_entropy(
         if bad.any():
             exact = _dot_without_zero_terms(g, coef, lambda: buf("t"), per_class,
                                             at_target if index else None,
-                                            on_t if index else None, valid, targets)
+                                            on_t if index else None, valid, targets, slab)
             np.copyto(dot, exact, where=bad)
         # -- exponentiate in place: the gradient buffer now holds exp(z - m) ----------------
         np.exp(g, out=g)
@@ -464,33 +464,54 @@ def fused_softmax_cross_entropy(
 
 
 def _dot_without_zero_terms(shifted, coef, scratch, per_class, at_target, on_t, valid,
-                            targets: RowTargets) -> np.ndarray:
+                            targets: RowTargets, slab: bool) -> np.ndarray:
     """``a . s`` for every row of a block, leaving out the classes with ``a_c = 0``.
 
     Called only for a block where some row's plain dot product is not finite.  This is where
     ``0 * log 0`` lives: a class the target gives no weight (probability 0, or class weight 0
     under smoothing) whose logit is ``-inf`` adds 0, not NaN.  A genuine NaN or an infinite
-    weighted term stays NaN / inf.  Whole-block array operations, a few passes over the
-    block: a masked vocabulary (every row with ``-inf`` logits) costs a fraction more than
-    an unmasked one, not a Python loop per row.  ``scratch()`` gives a block-sized buffer.
+    weighted term stays NaN / inf.
+
+    Whole-block array operations without data-dependent branches, so a masked vocabulary
+    (every row with ``-inf`` logits) costs a few passes more than an unmasked one: ``-inf``
+    is raised to the lowest finite number, where ``0 * it`` is exactly 0 and every finite
+    term is unchanged.  The only terms that come out wrong then are weighted ``-inf`` ones
+    (finite instead of infinite); their rows, rare since their loss is infinite, are summed
+    again with the zero terms masked out.  ``scratch()`` gives a block-sized buffer.
     """
+    tmp = scratch()
+    np.maximum(shifted, np.finfo(shifted.dtype).min, out=tmp)
     if coef is not None:  # probability targets: the block's coefficients are at hand
-        tmp = scratch()
-        np.multiply(coef, shifted, out=tmp)
-        np.copyto(tmp, 0.0, where=coef == 0)
-        return tmp.sum(axis=1)
-    target_term = on_t * shifted[at_target]
-    dot = np.where(on_t != 0, target_term, 0.0)
-    if targets.label_smoothing:
-        u = per_class(targets.uniform)
-        tmp = scratch()
-        np.multiply(shifted, u, out=tmp)
-        if np.ndim(u):
-            np.copyto(tmp, 0.0, where=u == 0)
-        dot += tmp.sum(axis=1)
+        dot = np.einsum("ncs,ncs->ns" if slab else "nc,nc->n", coef, tmp)
+        weights = coef
+    else:
+        dot = np.where(on_t != 0, on_t * shifted[at_target], 0.0)  # exact as it stands
+        weights = None
+        if targets.label_smoothing:
+            u = targets.uniform
+            if np.ndim(u):
+                dot += u @ tmp if slab else tmp @ u
+                weights = per_class(u)
+            else:  # every class weighs eps / C > 0: no zero term to leave out
+                dot += shifted.sum(axis=1) * u
+    if weights is not None:
+        weighted_minus_inf = ((shifted == -np.inf) & (weights != 0)).any(axis=1)
+        if weighted_minus_inf.any():
+            exact = _masked_dot(shifted, weights, tmp)
+            if coef is None:
+                exact += np.where(on_t != 0, on_t * shifted[at_target], 0.0)
+            np.copyto(dot, exact, where=weighted_minus_inf)
     if valid is not None:
         dot[~valid] = 0.0
     return dot
+
+
+def _masked_dot(shifted, weights, tmp) -> np.ndarray:
+    """``sum_c a_c s_c`` over the classes with ``a_c != 0`` (``weights``: the block's
+    coefficients, or the per-class ones), with a masked copy: exact, branchy, for few rows."""
+    np.multiply(shifted, weights, out=tmp)
+    np.copyto(tmp, 0.0, where=weights == 0)
+    return tmp.sum(axis=1)
 
 
 def build_row_targets(
