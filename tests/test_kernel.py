@@ -447,6 +447,26 @@ def test_masked_rows_keep_genuine_inf_and_nan(rng):
     np.testing.assert_array_equal(loss[finite], clean)
 
 
+@pytest.mark.parametrize("layout", ["rows", "3d"])
+def test_a_weighted_masked_class_costs_inf_like_torch(block_compute, rng, layout):
+    """Label smoothing that gives a masked (-inf) class weight: every row costs inf, as in
+    PyTorch; the gradient is PyTorch's (finite) one.  The other masked classes weigh 0."""
+    x, y, kwargs, masked = masked_problem(rng, 12, 10, "index-smoothing")
+    kwargs["weight"][1] = 0.7  # class 1 is masked in every row
+    if layout == "3d":
+        x_in = np.ascontiguousarray(x.reshape(3, 4, 10).transpose(0, 2, 1))
+        loss, grad = run_kernel(x_in, y, **kwargs)
+        grad = as_rows(grad)
+    else:
+        loss, grad = run_kernel(x, y, **kwargs)
+    assert (loss == np.inf).all()
+    xt = torch.tensor(x, requires_grad=True)
+    ref = F.cross_entropy(xt, torch.tensor(y), torch.tensor(kwargs["weight"]),
+                          reduction="sum", label_smoothing=0.2)
+    ref.backward()
+    np.testing.assert_allclose(grad, xt.grad.numpy(), rtol=1e-12, atol=1e-15)
+
+
 # --------------------------------------------------------------------------------------------
 # bfloat16 as raw uint16 bits (how the torch executor hands bfloat16 over)
 # --------------------------------------------------------------------------------------------
