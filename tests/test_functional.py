@@ -1544,6 +1544,54 @@ def test_property_moving_the_class_axis(xy):
     np.testing.assert_allclose(spatial[0], flat, rtol=1e-14, atol=1e-15)
 
 
+@st.composite
+def kdim_problems(draw):
+    """A K-dim input (K = 1..3, any sizes from 0), an index or probability target, options."""
+    n = draw(st.integers(0, 3))
+    c = draw(st.integers(1, 40))
+    spatial = tuple(draw(st.lists(st.integers(1, 6), min_size=1, max_size=3)))
+    x = draw(hnp.arrays(np.float64, (n, c) + spatial, elements=finite))
+    if draw(st.booleans()):
+        t = draw(hnp.arrays(np.float64, x.shape, elements=st.floats(0.0, 1.0)))
+        ignore = -100
+    else:
+        t = draw(hnp.arrays(np.int64, (n,) + spatial, elements=st.integers(-1, c - 1)))
+        t[t == -1] = -100
+        ignore = -100
+    opts = draw(st.fixed_dictionaries({
+        "label_smoothing": st.sampled_from([0.0, 0.3]),
+        "z_loss": st.sampled_from([0.0, 1e-3]),
+        "softcap": st.sampled_from([None, 5.0]),
+        "reduction": st.sampled_from(["none", "sum"]),
+    }))
+    return x, t, ignore, opts
+
+
+@given(kdim_problems(), st.sampled_from([1, 7, 1 << 19]), st.sampled_from([0, 1 << 40]))
+def test_property_kdim_equals_its_class_last_rows(problem, block_elements, slab_min_run):
+    """However an (N, C, d1..dK) input is cut into blocks, and whether each block is
+    computed in place or as class-last rows, it gives the numbers of the same problem laid
+    out as (N*d1*..*dK, C) rows (the class axis moved last), gradient moved back."""
+    from crossent import _kernel
+
+    x, t, ignore, opts = problem
+    probability = t.shape == x.shape
+    rows_x = np.moveaxis(x, 1, -1).reshape(-1, x.shape[1])
+    rows_t = np.moveaxis(t, 1, -1).reshape(-1, x.shape[1]) if probability else t.reshape(-1)
+    loss_rows, grad_rows = fn.cross_entropy_with_grad(rows_x, rows_t, ignore_index=ignore,
+                                                      **opts)
+    saved = _kernel.BLOCK_ELEMENTS, _kernel.SLAB_MIN_RUN
+    _kernel.BLOCK_ELEMENTS, _kernel.SLAB_MIN_RUN = block_elements, slab_min_run
+    try:
+        loss, grad = fn.cross_entropy_with_grad(x, t, ignore_index=ignore, **opts)
+    finally:
+        _kernel.BLOCK_ELEMENTS, _kernel.SLAB_MIN_RUN = saved
+    moved = np.moveaxis(grad_rows.reshape((x.shape[0],) + x.shape[2:] + x.shape[1:2]), -1, 1)
+    np.testing.assert_allclose(np.reshape(loss, -1), np.reshape(loss_rows, -1),
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(grad, moved, rtol=1e-12, atol=1e-14)
+
+
 def test_public_namespace_matches_functional():
     for name in fn.__all__:
         assert getattr(crossent, name) is getattr(fn, name)
