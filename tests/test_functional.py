@@ -1281,10 +1281,10 @@ def test_kdim_peak_memory_is_the_gradient_plus_a_few_blocks(rng, monkeypatch, sh
     (16, 1000, 32, 16) is computed on its blocks in place, (4, 32000, 8, 8) (short runs
     along S) as class-last rows in scratch."""
     monkeypatch.setenv("CROSSENT_NUM_THREADS", "2")
-    x = rng.normal(size=shape).astype(dtype)
+    x = rng.standard_normal(shape, dtype=np.float32).astype(dtype, copy=False)
     batch_shape = shape[:1] + shape[2:]
     if kind == "prob":
-        target = rng.random(shape).astype(dtype)
+        target = rng.random(shape, dtype=np.float32).astype(dtype, copy=False)
     else:
         target = rng.integers(0, shape[1], batch_shape)
     rows = math.prod(batch_shape)
@@ -1301,7 +1301,7 @@ def test_kdim_peak_memory_is_the_gradient_plus_a_few_blocks(rng, monkeypatch, sh
 
 
 def test_kdim_nll_loss_peak_memory(rng):
-    x = rng.normal(size=(8, 1000, 32, 16)).astype(np.float32)
+    x = rng.standard_normal((8, 1000, 32, 16), dtype=np.float32)
     y = rng.integers(0, 1000, (8, 32, 16))
     peak, (_, grad) = traced_peak(lambda: fn.nll_loss_with_grad(x, y))
     assert grad.nbytes <= peak <= grad.nbytes + 96 * y.size
