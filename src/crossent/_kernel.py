@@ -11,8 +11,15 @@ once and writing the gradient once::
     loss = A log S - dot  (+ z_loss w_n lse^2)
     grad = scale_n * ((A + 2 z_loss w_n lse) e / S - a)   (times 1 - tanh^2 under softcap)
 
+The logits are ``(M, C)`` rows with classes last, or ``(N, C, S)`` with classes on axis 1
+(a K-dimensional ``(N, C, d1, ..., dK)`` input, reshaped): the pass reads and writes them
+where they lie, never making a class-last copy.  A block of ``(N, C, S)`` is computed on
+its own layout when its runs along S are long, or copied to class-last rows in a
+block-sized scratch buffer when they are short (see ``SLAB_MIN_RUN``).
+
 Blocks are shared among threads (NumPy releases the GIL inside its loops), so the pass runs
-at memory bandwidth on every core; ``CROSSENT_NUM_THREADS`` overrides the thread count.
+at memory bandwidth on every core; ``CROSSENT_NUM_THREADS`` overrides the thread count.  The
+thread pools are reset in a forked child (``os.register_at_fork``).
 
 Inputs may be float16, float32, float64 or bfloat16 (given as its raw ``uint16`` bits, which
 is how the torch executor hands a bfloat16 tensor over without a copy).  Half-precision blocks
@@ -200,6 +207,8 @@ class _Blocking:
     * ``(N, C, S)``: either ``nb`` whole ``(C, S)`` slabs (when one slab fits the budget) or
       ``sb`` positions of one slab; a block is ``x[n0:n1, :, s0:s1]``, its class axis is
       axis 1, its per-row vectors have shape ``(n1 - n0, s1 - s0)``.  The units are blocks.
+      With ``gather`` (runs ``sb`` shorter than ``SLAB_MIN_RUN`` and than C) each block is
+      computed as ``(nb * sb, C)`` class-last rows in scratch, its rows in the same order.
     """
 
     three_d: bool
