@@ -18,6 +18,8 @@ FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
 # dimension out of range).  It moved to numpy.exceptions in NumPy 1.25.
 AxisError = getattr(np, "exceptions", np).AxisError
 
+_INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
+
 
 def describe(value: Any) -> str:
     """A short description of what arrived: ``float32 array of shape (2, 3)``."""
@@ -74,9 +76,6 @@ def as_class_indices(target: np.ndarray, num_classes: int, ignore_index: int) ->
         raise IndexError(sem.out_of_range_message(int(target[position]), position,
                                                   num_classes, ignore_index))
     return target.astype(np.int64, copy=False)
-
-
-_INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
 
 
 def as_class_weight(weight: Any, num_classes: int, input_dtype: np.dtype, *,
