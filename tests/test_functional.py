@@ -18,6 +18,7 @@ Error messages are in ``test_semantics.py``; the threaded and blocked paths of t
 from __future__ import annotations
 
 import itertools
+import math
 import warnings
 
 import numpy as np
@@ -494,6 +495,100 @@ def test_logsumexp_keepdims(rng):
     close64(out[:, 0], torch.logsumexp(_t(x), 1).numpy())
 
 
+TORCH_SOFTMAX_FAMILY = {"softmax": torch.softmax, "log_softmax": torch.log_softmax,
+                        "logsumexp": torch.logsumexp}
+
+
+def assert_same_as_torch(ours, ref):
+    """Shape, dtype and values (NaN where torch has NaN) of a torch result."""
+    ref_np = ref.numpy()
+    assert np.shape(ours) == ref_np.shape
+    assert np.asarray(ours).dtype == ref_np.dtype
+    close64(ours, ref_np)
+
+
+# (shape, axes to try, why)
+EMPTY_AND_0D = [
+    ((), [0, -1], "0-d: PyTorch's one-element vector along dim 0 / -1"),
+    ((0,), [0, -1], "empty 1-D: logsumexp of an empty sum is -inf"),
+    ((0, 3), [0, 1, -1], "no rows: softmax empty, logsumexp over axis 0 is -inf per column"),
+    ((3, 0), [0, 1], "no classes: logsumexp over the empty axis is -inf per row"),
+    ((2, 0, 3), [0, 1, 2], "an empty middle axis"),
+]
+
+
+@pytest.mark.parametrize("func", list(TORCH_SOFTMAX_FAMILY))
+@pytest.mark.parametrize(("shape", "axes", "_why"), EMPTY_AND_0D,
+                         ids=[str(s) for s, _, _ in EMPTY_AND_0D])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_softmax_family_empty_and_0d_like_torch(rng, func, shape, axes, _why, dtype):
+    x = rng.normal(size=shape).astype(dtype)
+    for axis in axes:
+        ours = getattr(fn, func)(x, axis=axis)
+        assert_same_as_torch(ours, TORCH_SOFTMAX_FAMILY[func](torch.from_numpy(x), axis))
+    if func == "logsumexp":
+        for axis in axes:
+            ours = fn.logsumexp(x, axis=axis, keepdims=True)
+            assert_same_as_torch(ours, torch.logsumexp(torch.from_numpy(x), axis, keepdim=True))
+
+
+@pytest.mark.parametrize("func", list(TORCH_SOFTMAX_FAMILY))
+@pytest.mark.parametrize("value", [2.5, -7.0, INF, -INF, NAN])
+def test_softmax_family_of_a_0d_value(func, value):
+    """softmax of a finite 0-d value is 1, log_softmax 0, logsumexp the value itself;
+    infinite and NaN values give torch's NaN (softmax: inf - inf) or the value (lse)."""
+    ours = getattr(fn, func)(np.array(value))
+    ref = TORCH_SOFTMAX_FAMILY[func](torch.tensor(value, dtype=torch.float64), 0)
+    assert_same_as_torch(ours, ref)
+    if np.isfinite(value):
+        assert float(ours) == {"softmax": 1.0, "log_softmax": 0.0, "logsumexp": value}[func]
+
+
+@pytest.mark.parametrize(("shape", "axis"), [
+    ((2, 3, 4), (0, 1)),
+    ((2, 3, 4), (0, 2)),
+    ((2, 3, 4), (2, 0)),  # order does not matter
+    ((2, 3, 4), (-1, -3)),
+    ((2, 3, 4), [1, 2]),  # a list, as torch accepts
+    ((2, 3, 4), (0, 1, 2)),  # every axis: a scalar
+    ((2, 3, 4), (1,)),
+    ((5, 0, 2), (1, 2)),  # an empty axis among them: -inf
+    ((0, 4), (0, 1)),
+    ((), ()),  # torch accepts dim=() on a 0-d tensor
+    ((), (0,)),
+])
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_logsumexp_over_a_tuple_of_axes_like_torch(rng, shape, axis, keepdims):
+    x = rng.normal(0.0, 10.0, size=shape)
+    if x.size:
+        x.flat[0] = -INF  # one -inf entry changes nothing but its own term
+    ours = fn.logsumexp(x, axis=axis, keepdims=keepdims)
+    assert_same_as_torch(ours, torch.logsumexp(_t(x), axis, keepdim=keepdims))
+
+
+@pytest.mark.parametrize(("call", "torch_call"), [
+    (lambda x: fn.logsumexp(x, axis=3), lambda x: torch.logsumexp(x, 3)),
+    (lambda x: fn.logsumexp(x, axis=(0, -4)), lambda x: torch.logsumexp(x, (0, -4))),
+    (lambda x: fn.softmax(x, axis=-4), lambda x: torch.softmax(x, -4)),
+    (lambda x: fn.log_softmax(x[0, 0, 0], axis=1), lambda x: torch.log_softmax(x[0, 0, 0], 1)),
+    (lambda x: fn.logsumexp(x, axis=(1, 1)), lambda x: torch.logsumexp(x, (1, 1))),
+    (lambda x: fn.logsumexp(x, axis=(0, -3)), lambda x: torch.logsumexp(x, (0, -3))),
+    (lambda x: fn.logsumexp(x, axis=()), lambda x: torch.logsumexp(x, ())),
+    (lambda x: fn.softmax(x, axis=(0, 1)), lambda x: torch.softmax(x, (0, 1))),
+    (lambda x: fn.logsumexp(x, axis=None), lambda x: torch.logsumexp(x, None)),
+], ids=["lse-out-of-range", "lse-tuple-out-of-range", "softmax-out-of-range",
+        "0d-axis-1", "lse-duplicate", "lse-duplicate-negative", "lse-empty-tuple-nd",
+        "softmax-tuple", "lse-none"])
+def test_softmax_family_axis_errors_have_torchs_type(call, torch_call):
+    """Each bad axis raises the exception type PyTorch raises for the same dim."""
+    x = np.zeros((2, 3, 4))
+    with pytest.raises(Exception) as theirs:
+        torch_call(torch.zeros(2, 3, 4))
+    with pytest.raises(type(theirs.value)) as ours:
+        call(x)
+    assert "axis" in str(ours.value)
+
+
 # --------------------------------------------------------------------------------------------
 # 4. Edge cases: semantics.md section 6
 # --------------------------------------------------------------------------------------------
@@ -706,6 +801,223 @@ def test_kl_div_zero_target_on_minus_inf_input_is_zero():
     assert np.isnan(fn.kl_div([[0.0, 0.0]], [[-0.1, 1.1]], reduction="sum"))
 
 
+KL_INPUTS = [-INF, INF, NAN, -1.5, 0.0, 2.0]  # 2.0: finite but no log-probability
+KL_TARGETS = {False: [0.0, 0.3, 1.0, INF, NAN, -0.2],
+              True: [-INF, np.log(0.3), 0.0, -800.0, INF, NAN]}  # -800: exp underflows to 0
+
+
+@pytest.mark.parametrize("log_target", [False, True])
+def test_kl_div_special_values_against_torch(log_target):
+    """Every pair of special input and target values, element by element: PyTorch's loss
+    and gradient, except the documented ``0 * log 0`` cases (target probability 0 on an
+    input of -inf; with log_target also on a finite input), where the loss is 0 and PyTorch
+    says NaN.  An input of +inf or NaN with target probability 0 is NaN, as in PyTorch."""
+    pairs = list(itertools.product(KL_INPUTS, KL_TARGETS[log_target]))
+    x = np.array([p[0] for p in pairs])
+    t = np.array([p[1] for p in pairs])
+    loss, grad = fn.kl_div_with_grad(x, t, reduction="none", log_target=log_target)
+    ref, ref_grad = torch_kl(x, t, reduction="none", log_target=log_target)
+    target_prob_zero = t == (-INF if log_target else 0.0)
+    ours_only = target_prob_zero & ((x == -INF) | (np.isfinite(x) & log_target))
+    assert np.isnan(ref[ours_only]).all()
+    np.testing.assert_array_equal(loss[ours_only], 0.0)
+    np.testing.assert_array_equal(loss[~ours_only], ref[~ours_only])  # NaN == NaN here
+    np.testing.assert_array_equal(grad, ref_grad)
+    plus_inf_or_nan = target_prob_zero & ((x == INF) | np.isnan(x))
+    assert plus_inf_or_nan.sum() == 2 and np.isnan(loss[plus_inf_or_nan]).all()
+
+
+# (input shape, target shape): broadcasting either way, as F.kl_div allows
+KL_BROADCASTS = [
+    ((2, 3), (3,)),
+    ((2, 3), (1, 3)),
+    ((2, 3), (2, 1)),
+    ((3,), (2, 3)),  # the input broadcasts: its gradient sums over the new axis
+    ((2, 3), ()),
+    ((), (2, 3)),  # a 0-d input: 'batchmean' divides by 1
+    ((1, 3), (2, 3)),
+    ((2, 1, 3), (4, 3)),  # both broadcast: the loss is (2, 4, 3)
+]
+
+
+@pytest.mark.parametrize(("x_shape", "t_shape"), KL_BROADCASTS,
+                         ids=[f"{a}-{b}" for a, b in KL_BROADCASTS])
+@pytest.mark.parametrize("reduction", ["none", "batchmean", "mean", "sum"])
+@pytest.mark.parametrize("log_target", [False, True])
+def test_kl_div_broadcasts_like_torch(rng, x_shape, t_shape, reduction, log_target):
+    """Loss shape and value, gradient shape and value, and only torch's own warning."""
+    x = np.log(rng.uniform(0.05, 1.0, size=x_shape))
+    t = rng.uniform(0.0, 1.0, size=t_shape)
+    target = np.log(t) if log_target else t
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loss = fn.kl_div(x, target, reduction, log_target)
+        go = random_grad_output(rng, loss)
+        ours, grad = fn.kl_div_with_grad(x, target, reduction, log_target, grad_output=go)
+    assert all("batchmean" in str(w.message) for w in caught)
+    assert bool(caught) == (reduction == "mean")
+    ref, ref_grad = torch_kl(x, target, reduction, log_target, grad_output=go)
+    assert np.shape(loss) == ref.shape and grad.shape == x.shape == ref_grad.shape
+    close64(loss, ref)
+    close64(ours, ref)
+    close64(grad, ref_grad)
+
+
+def test_kl_div_target_that_does_not_broadcast():
+    """PyTorch: RuntimeError 'The size of tensor a (4) must match'; ours is one too."""
+    x, t = np.zeros((2, 3)), np.full((4, 3), 0.5)
+    with pytest.raises(RuntimeError):
+        F.kl_div(_t(x), _t(t), reduction="sum")
+    with pytest.raises(RuntimeError, match=r"broadcast against the input's shape \(2, 3\)"):
+        fn.kl_div(x, t, reduction="sum")
+
+
+@pytest.mark.parametrize("func", ["bce", "bce_logits"])
+@pytest.mark.parametrize(("x_shape", "t_shape"), [((2, 3), (3,)), ((2, 3), (1, 3)),
+                                                  ((3,), (2, 3)), ((2, 3), ()),
+                                                  ((2, 3), (4, 3))])
+def test_binary_losses_refuse_other_target_shapes_like_torch(func, x_shape, t_shape):
+    """Unlike kl_div, PyTorch's binary losses take no broadcasting: ValueError, always."""
+    x, t = np.full(x_shape, 0.5), np.full(t_shape, 0.5)
+    ours = {"bce": fn.binary_cross_entropy, "bce_logits": fn.binary_cross_entropy_with_logits}
+    theirs = {"bce": F.binary_cross_entropy, "bce_logits": F.binary_cross_entropy_with_logits}
+    with pytest.raises(ValueError):
+        theirs[func](_t(x), _t(t))
+    with pytest.raises(ValueError, match=r"^target must have the input's shape"):
+        ours[func](x, t)
+
+
+@pytest.mark.parametrize("name", ["weight", "pos_weight"])
+@pytest.mark.parametrize("w_shape", [(2,), (2, 2, 3)])
+def test_binary_weights_that_do_not_broadcast_raise_torchs_type(name, w_shape):
+    x, t, w = np.full((2, 3), 0.5), np.full((2, 3), 0.5), np.ones(w_shape)
+    with pytest.raises(RuntimeError):
+        F.binary_cross_entropy_with_logits(_t(x), _t(t), reduction="none", **{name: _t(w)})
+    with pytest.raises(RuntimeError, match=rf"^{name} must broadcast"):
+        fn.binary_cross_entropy_with_logits(x, t, reduction="none", **{name: w})
+    if name == "weight":
+        with pytest.raises(RuntimeError):
+            F.binary_cross_entropy(_t(x), _t(t), reduction="none", weight=_t(w))
+        with pytest.raises(RuntimeError, match=r"^weight must broadcast"):
+            fn.binary_cross_entropy(x, t, reduction="none", weight=w)
+
+
+@pytest.mark.parametrize(("x_dtype", "t_dtype"), [(np.float32, np.float64),
+                                                  (np.float16, np.float32),
+                                                  (np.float64, np.float32)])
+def test_elementwise_gradients_have_the_inputs_dtype(x_dtype, t_dtype):
+    """``input.grad`` has the input's dtype in PyTorch, whatever the target's."""
+    x = np.array([[0.2, 0.5], [0.7, 0.9]], x_dtype)
+    t = np.array([[0.1, 0.6], [0.3, 1.0]], t_dtype)
+    for ours, theirs in [(fn.kl_div_with_grad, F.kl_div),
+                         (fn.binary_cross_entropy_with_logits_with_grad,
+                          F.binary_cross_entropy_with_logits)]:
+        xt = torch.from_numpy(x).requires_grad_(True)
+        theirs(xt, torch.from_numpy(t), reduction="sum").backward()
+        _, grad = ours(np.log(x) if ours is fn.kl_div_with_grad else x, t, reduction="sum")
+        assert grad.dtype == x_dtype == torch.empty(0, dtype=xt.grad.dtype).numpy().dtype
+
+
+# --------------------------------------------------------------------------------------------
+# Class weights: PyTorch's dtype rule, in one home for every NumPy loss
+# --------------------------------------------------------------------------------------------
+
+FLOATS = [np.float16, np.float32, np.float64]
+
+
+def _torch_outcome(call):
+    """``('ok', loss dtype)`` or ``('raises', exception type)`` of a torch call."""
+    try:
+        return "ok", call().detach().numpy().dtype
+    except Exception as exc:  # the type is the answer
+        return "raises", type(exc)
+
+
+@pytest.mark.parametrize("x_dtype", FLOATS)
+@pytest.mark.parametrize("w_dtype", FLOATS)
+@pytest.mark.parametrize("loss", ["ce-index", "ce-kdim", "ce-prob", "nll"])
+def test_weight_dtype_rule_like_torch(rng, x_dtype, w_dtype, loss):
+    """A weight array of another dtype than the input: refused for class indices (torch:
+    RuntimeError), promoted for probability targets; where accepted, torch's loss dtype."""
+    shape = (2, 3, 2) if loss == "ce-kdim" else (4, 3)
+    x = rng.normal(size=shape).astype(x_dtype)
+    w = rng.uniform(0.5, 2.0, 3).astype(w_dtype)
+    if loss == "ce-prob":
+        target = rng.dirichlet(np.ones(3), size=4).astype(x_dtype)
+    else:
+        target = rng.integers(0, 3, (2, 2) if loss == "ce-kdim" else 4)
+    ours_fn = fn.nll_loss if loss == "nll" else fn.cross_entropy
+    theirs_fn = F.nll_loss if loss == "nll" else F.cross_entropy
+    tt = torch.from_numpy(target)
+    expected = _torch_outcome(lambda: theirs_fn(torch.from_numpy(x), tt, torch.from_numpy(w)))
+    if expected[0] == "raises":
+        assert expected[1] is RuntimeError
+        with pytest.raises(RuntimeError, match=r"^weight must have the input's dtype"):
+            ours_fn(x, target, w)
+        with pytest.raises(TypeError):  # and the NumPy user's natural type
+            ours_fn(x, target, w)
+        return
+    ours = ours_fn(x, target, w)
+    assert np.asarray(ours).dtype == expected[1]
+    ref = theirs_fn(_t(x.astype(np.float64)), tt, _t(w.astype(np.float64)))
+    np.testing.assert_allclose(float(ours), ref.item(), rtol=2e-3 if np.float16 in (
+        x_dtype, w_dtype) else 1e-6)
+
+
+@pytest.mark.parametrize("x_dtype", FLOATS)
+def test_a_weight_list_takes_the_inputs_dtype(rng, x_dtype):
+    """A list carries no dtype: converted to the input's (so any input dtype works)."""
+    x = rng.normal(size=(4, 3)).astype(x_dtype)
+    y = rng.integers(0, 3, 4)
+    listed = fn.cross_entropy_with_grad(x, y, [0.5, 1.0, 2.0])
+    typed = fn.cross_entropy_with_grad(x, y, np.array([0.5, 1.0, 2.0], x_dtype))
+    np.testing.assert_array_equal(listed[0], typed[0])
+    np.testing.assert_array_equal(listed[1], typed[1])
+    assert fn.nll_loss(x, y, [0.5, 1.0, 2.0]) == fn.nll_loss(x, y, np.array([0.5, 1.0, 2.0],
+                                                                              x_dtype))
+
+
+# --------------------------------------------------------------------------------------------
+# Empty inputs: no elements, and no classes either
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("shape", "t_shape"), [((0, 0), (0,)), ((0, 3), (0,)),
+                                                ((0, 0, 2), (0, 2)), ((0, 3, 0), (0, 0)),
+                                                ((0, 0, 0), (0, 0))])
+@pytest.mark.parametrize("loss", ["nll", "ce", "ce-weight", "ce-smooth", "ce-prob"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_no_elements_like_torch(shape, t_shape, loss, reduction):
+    """(0, 0) and friends: an empty 'none', NaN 'mean', 0 'sum', a gradient of the input's
+    shape, exactly as PyTorch (which accepts zero classes when there is no element)."""
+    x = np.zeros(shape)
+    target = np.zeros(shape) if loss == "ce-prob" else np.zeros(t_shape, np.int64)
+    weight = np.ones(shape[1]) if loss == "ce-weight" else None
+    eps = 0.1 if loss == "ce-smooth" else 0.0
+    if loss == "nll":
+        ours = fn.nll_loss_with_grad(x, target, reduction=reduction)
+        ref = torch_nll(x, target, reduction=reduction)
+    else:
+        ours = fn.cross_entropy_with_grad(x, target, weight, reduction=reduction,
+                                          label_smoothing=eps)
+        ref = torch_cross_entropy(x, target, weight, reduction=reduction, label_smoothing=eps)
+    assert np.shape(ours[0]) == ref[0].shape and ours[1].shape == ref[1].shape == shape
+    if eps and shape[1] == 0 and reduction == "sum":
+        # PyTorch divides its empty smoothing sum by C = 0 (NaN); a sum of no terms is 0
+        assert np.isnan(ref[0]) and ours[0] == 0.0
+        return
+    close64(ours[0], ref[0])
+
+
+@pytest.mark.parametrize("func", [fn.nll_loss, fn.cross_entropy])
+def test_elements_without_classes_are_refused_like_torch(func):
+    """(2, 0): every target is out of range (torch: IndexError 'Target 0 is out of bounds')."""
+    with pytest.raises(IndexError):
+        F.nll_loss(torch.zeros(2, 0), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(IndexError, match="at least one class"):
+        func(np.zeros((2, 0)), np.zeros(2, np.int64))
+
+
 def test_kl_div_batchmean_of_empty_is_nan():
     assert np.isnan(fn.kl_div(np.zeros((0, 3)), np.zeros((0, 3)), reduction="batchmean"))
 
@@ -810,6 +1122,197 @@ def test_gradient_matches_finite_differences(rng, name):
     numeric = numerical_gradient(lambda v: float(loss_fn(v)), x.copy())
     # central differences with h = 1e-6 are good to about 1e-9 on these O(1) functions
     np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-8)
+
+
+# --------------------------------------------------------------------------------------------
+# K-dimensional inputs (N, C, d1, ..., dK): the fused pass on the strided layout
+# --------------------------------------------------------------------------------------------
+
+# (shape, why)
+KDIM_SHAPES = [
+    ((3, 5, 7), "K=1, odd sizes"),
+    ((1, 2, 4, 3), "K=2, one sample, two classes"),
+    ((2, 1, 3, 2, 2), "K=3, a single class: every loss 0"),
+    ((0, 4, 5), "no samples: empty 'none', NaN 'mean', 0 'sum'"),
+    ((5, 300, 3, 1), "K=2 with a trailing 1, a larger C"),
+]
+# (name, make_case kind, weighted, ignore, eps, extra options)
+KDIM_OPTIONS = [
+    ("plain", "index", False, "none", 0.0, {}),
+    ("weight-ignore-smooth", "index", True, "default", 0.1, {}),
+    ("ignore-a-class", "index", False, "class1", 0.0, {}),
+    ("zloss-softcap-weight", "index", True, "default", 0.0, {"z_loss": 1e-2, "softcap": 2.0}),
+    ("prob-weight-smooth", "prob", True, "none", 0.2, {}),
+    ("prob-zloss-softcap", "prob", False, "none", 0.0, {"z_loss": 1e-2, "softcap": 2.0}),
+]
+
+
+@pytest.mark.parametrize(("shape", "_why"), KDIM_SHAPES, ids=[str(s) for s, _ in KDIM_SHAPES])
+@pytest.mark.parametrize(("name", "kind", "weighted", "ignore", "eps", "extra"), KDIM_OPTIONS,
+                         ids=[o[0] for o in KDIM_OPTIONS])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_kdim_against_torch(rng, shape, _why, name, kind, weighted, ignore, eps, extra,
+                            reduction):
+    """Loss and gradient (random upstream gradient) against torch float64, and the
+    gradient in the input's own layout (C-contiguous, the input's shape)."""
+    x, target, weight, ii = make_case(rng, shape, kind, weighted, ignore)
+    if shape[1] == 1 and ignore == "class1":
+        ii = 0
+    x = x * 2.0
+    loss = fn.cross_entropy(x, target, weight, ii, reduction, eps, **extra)
+    go = random_grad_output(rng, loss)
+    ours, grad = fn.cross_entropy_with_grad(x, target, weight, ii, reduction, eps,
+                                            grad_output=go, **extra)
+    ref, ref_grad = torch_cross_entropy(x, target, weight, ii, reduction, eps,
+                                        grad_output=go, **extra)
+    assert np.shape(ours) == ref.shape
+    assert grad.shape == x.shape and grad.flags.c_contiguous
+    close64(loss, ref)
+    close64(ours, ref)
+    close64(grad, ref_grad)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize(("name", "kind", "weighted", "ignore", "eps", "extra"),
+                         [KDIM_OPTIONS[1], KDIM_OPTIONS[3], KDIM_OPTIONS[4]],
+                         ids=[KDIM_OPTIONS[i][0] for i in (1, 3, 4)])
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_kdim_low_precision(rng, dtype, name, kind, weighted, ignore, eps, extra, reduction):
+    """float32: close to torch's float64 on the same values; float16: computed in float32,
+    so at least as close to float64 as torch's own float16, plus one rounding."""
+    x, target, weight, ii = make_case(rng, (3, 40, 6, 5), kind, weighted, ignore)
+    xl = x.astype(dtype)
+    tl = target.astype(dtype) if kind == "prob" else target
+    wl = None if weight is None else weight.astype(dtype)
+    loss, grad = fn.cross_entropy_with_grad(xl, tl, wl, ii, reduction, eps, **extra)
+    assert np.asarray(loss).dtype == dtype and grad.dtype == dtype
+    as64 = {"x": xl.astype(np.float64), "t": tl.astype(np.float64) if kind == "prob" else tl,
+            "w": None if wl is None else wl.astype(np.float64)}
+    gold, gold_grad = torch_cross_entropy(as64["x"], as64["t"], as64["w"], ii, reduction, eps,
+                                          **extra)
+    if dtype == np.float32:
+        np.testing.assert_allclose(loss, gold, rtol=2e-6, atol=1e-6)
+        np.testing.assert_allclose(grad, gold_grad, rtol=2e-5,
+                                   atol=2e-6 * np.abs(gold_grad).max())
+        return
+    same, same_grad = torch_cross_entropy(xl, tl, wl, ii, reduction, eps, dtype=torch.float16,
+                                          **extra)
+    for ours, ref16, ref64 in ((loss, same, gold), (grad, same_grad, gold_grad)):
+        ours, ref16 = np.asarray(ours, np.float64), np.asarray(ref16, np.float64)
+        ulp = np.spacing(np.abs(ref64).astype(np.float16)).astype(np.float64)
+        err = np.abs(ours - ref64)
+        assert (err <= np.abs(ref16 - ref64) + ulp).all(), float(np.max(err - ulp))
+
+
+def test_kdim_large_vocabulary_blocks_within_a_slab(rng):
+    """One (C, S) slab larger than a block: blocks of 16 positions of one sample, threaded."""
+    x = rng.normal(0.0, 2.0, size=(2, 32000, 20)).astype(np.float32)
+    y = rng.integers(0, 32000, (2, 20))
+    y[0, 3] = -100
+    loss, grad = fn.cross_entropy_with_grad(x, y, reduction="sum", label_smoothing=0.1)
+    ref, ref_grad = torch_cross_entropy(x.astype(np.float64), y, reduction="sum",
+                                        label_smoothing=0.1)
+    np.testing.assert_allclose(loss, ref, rtol=2e-6)
+    np.testing.assert_allclose(grad, ref_grad, rtol=2e-5, atol=1e-9)
+    np.testing.assert_array_equal(grad[0, :, 3], 0.0)
+
+
+def test_kdim_non_contiguous_input(rng):
+    """A transposed K-dim view: the numbers of its contiguous copy."""
+    base = rng.normal(size=(3, 4, 6, 5))
+    x = base.transpose(0, 1, 3, 2)  # (3, 4, 5, 6), strides that do not merge
+    y = rng.integers(0, 4, (3, 5, 6))
+    loss, grad = fn.cross_entropy_with_grad(x, y, reduction="none")
+    expected = fn.cross_entropy_with_grad(np.ascontiguousarray(x), y, reduction="none")
+    close64(loss, expected[0], rtol=1e-14)
+    close64(grad, expected[1], rtol=1e-14)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_kdim_nll_loss_against_torch(rng, reduction, weighted):
+    shape = (3, 6, 4, 5)
+    x, target, weight, ii = make_case(rng, shape, "index", weighted, "default")
+    logp = fn.log_softmax(x, axis=1)
+    loss = fn.nll_loss(logp, target, weight, ii, reduction)
+    go = random_grad_output(rng, loss)
+    ours, grad = fn.nll_loss_with_grad(logp, target, weight, ii, reduction, grad_output=go)
+    ref, ref_grad = torch_nll(logp, target, weight, ii, reduction, grad_output=go)
+    close64(ours, ref)
+    close64(grad, ref_grad)
+    assert grad.shape == shape and grad.flags.c_contiguous
+
+
+# --------------------------------------------------------------------------------------------
+# Memory of K-dimensional inputs: no (N, C, S)-sized temporary besides the gradient
+# --------------------------------------------------------------------------------------------
+
+
+def traced_peak(call):
+    """Peak bytes NumPy allocated during ``call()`` (NumPy reports to tracemalloc)."""
+    import gc
+    import tracemalloc
+
+    gc.collect()
+    tracemalloc.start()
+    try:
+        result = call()
+        return tracemalloc.get_traced_memory()[1], result
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize(("shape", "dtype", "kind", "options"), [
+    ((16, 1000, 32, 16), np.float32, "index", {}),
+    ((16, 1000, 32, 16), np.float32, "index",
+     {"label_smoothing": 0.1, "softcap": 30.0, "z_loss": 1e-4}),
+    ((16, 1000, 32, 16), np.float32, "prob", {"label_smoothing": 0.1}),
+    ((16, 1000, 32, 16), np.float16, "index", {}),
+    ((16, 1000, 32, 16), np.float64, "index", {"label_smoothing": 0.1}),
+    ((4, 32000, 8, 8), np.float32, "index", {"label_smoothing": 0.1}),
+    ((4, 32000, 8, 8), np.float32, "prob", {}),
+], ids=["f32", "f32-all-options", "f32-prob", "f16", "f64", "f32-gather", "f32-gather-prob"])
+def test_kdim_peak_memory_is_the_gradient_plus_a_few_blocks(rng, monkeypatch, shape, dtype,
+                                                            kind, options):
+    """cross_entropy_with_grad on a K-dim input, two threads: the peak traced memory is the
+    returned gradient plus at most three cache blocks per thread (the widened or gathered
+    input, the gradient before it is stored, the probabilities) and a few numbers per row.
+    The class-last copies of the input and gradient it replaced were twice the input more.
+    (16, 1000, 32, 16) is computed on its blocks in place, (4, 32000, 8, 8) (short runs
+    along S) as class-last rows in scratch."""
+    monkeypatch.setenv("CROSSENT_NUM_THREADS", "2")
+    x = rng.standard_normal(shape, dtype=np.float32).astype(dtype, copy=False)
+    batch_shape = shape[:1] + shape[2:]
+    if kind == "prob":
+        target = rng.random(shape, dtype=np.float32).astype(dtype, copy=False)
+    else:
+        target = rng.integers(0, shape[1], batch_shape)
+    rows = math.prod(batch_shape)
+    cd_size = 8 if dtype == np.float64 else 4
+    plan = _kernel_plan((shape[0], shape[1], math.prod(shape[2:])))
+    assert plan.gather == (shape[1] == 32000)
+    bound = 2 * 3 * plan.max_block_elements * cd_size + 96 * rows
+    assert bound < x.nbytes  # so the bound has no room for an input-sized temporary
+    peak, (loss, grad) = traced_peak(
+        lambda: fn.cross_entropy_with_grad(x, target, **options))
+    assert grad.shape == shape and grad.nbytes <= peak <= grad.nbytes + bound, peak
+    peak_loss_only, _ = traced_peak(lambda: fn.cross_entropy(x, target, **options))
+    assert peak_loss_only <= bound
+
+
+def test_kdim_nll_loss_peak_memory(rng):
+    x = rng.standard_normal((8, 1000, 32, 16), dtype=np.float32)
+    y = rng.integers(0, 1000, (8, 32, 16))
+    peak, (_, grad) = traced_peak(lambda: fn.nll_loss_with_grad(x, y))
+    assert grad.nbytes <= peak <= grad.nbytes + 96 * y.size
+    peak_loss_only, _ = traced_peak(lambda: fn.nll_loss(x, y))
+    assert peak_loss_only <= 96 * y.size
+
+
+def _kernel_plan(shape):
+    from crossent import _kernel
+
+    return _kernel._Blocking.plan(shape)
 
 
 FLOAT32_CASES = [
@@ -1039,6 +1542,54 @@ def test_property_moving_the_class_axis(xy):
     flat = fn.cross_entropy(x, y, reduction="none")
     spatial = fn.cross_entropy(x.T[None], y[None], reduction="none")
     np.testing.assert_allclose(spatial[0], flat, rtol=1e-14, atol=1e-15)
+
+
+@st.composite
+def kdim_problems(draw):
+    """A K-dim input (K = 1..3, any sizes from 0), an index or probability target, options."""
+    n = draw(st.integers(0, 3))
+    c = draw(st.integers(1, 40))
+    spatial = tuple(draw(st.lists(st.integers(1, 6), min_size=1, max_size=3)))
+    x = draw(hnp.arrays(np.float64, (n, c) + spatial, elements=finite))
+    if draw(st.booleans()):
+        t = draw(hnp.arrays(np.float64, x.shape, elements=st.floats(0.0, 1.0)))
+        ignore = -100
+    else:
+        t = draw(hnp.arrays(np.int64, (n,) + spatial, elements=st.integers(-1, c - 1)))
+        t[t == -1] = -100
+        ignore = -100
+    opts = draw(st.fixed_dictionaries({
+        "label_smoothing": st.sampled_from([0.0, 0.3]),
+        "z_loss": st.sampled_from([0.0, 1e-3]),
+        "softcap": st.sampled_from([None, 5.0]),
+        "reduction": st.sampled_from(["none", "sum"]),
+    }))
+    return x, t, ignore, opts
+
+
+@given(kdim_problems(), st.sampled_from([1, 7, 1 << 19]), st.sampled_from([0, 1 << 40]))
+def test_property_kdim_equals_its_class_last_rows(problem, block_elements, slab_min_run):
+    """However an (N, C, d1..dK) input is cut into blocks, and whether each block is
+    computed in place or as class-last rows, it gives the numbers of the same problem laid
+    out as (N*d1*..*dK, C) rows (the class axis moved last), gradient moved back."""
+    from crossent import _kernel
+
+    x, t, ignore, opts = problem
+    probability = t.shape == x.shape
+    rows_x = np.moveaxis(x, 1, -1).reshape(-1, x.shape[1])
+    rows_t = np.moveaxis(t, 1, -1).reshape(-1, x.shape[1]) if probability else t.reshape(-1)
+    loss_rows, grad_rows = fn.cross_entropy_with_grad(rows_x, rows_t, ignore_index=ignore,
+                                                      **opts)
+    saved = _kernel.BLOCK_ELEMENTS, _kernel.SLAB_MIN_RUN
+    _kernel.BLOCK_ELEMENTS, _kernel.SLAB_MIN_RUN = block_elements, slab_min_run
+    try:
+        loss, grad = fn.cross_entropy_with_grad(x, t, ignore_index=ignore, **opts)
+    finally:
+        _kernel.BLOCK_ELEMENTS, _kernel.SLAB_MIN_RUN = saved
+    moved = np.moveaxis(grad_rows.reshape((x.shape[0],) + x.shape[2:] + x.shape[1:2]), -1, 1)
+    np.testing.assert_allclose(np.reshape(loss, -1), np.reshape(loss_rows, -1),
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(grad, moved, rtol=1e-12, atol=1e-14)
 
 
 def test_public_namespace_matches_functional():

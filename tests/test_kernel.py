@@ -194,6 +194,280 @@ def test_empty_and_single_class_inputs():
 
 
 # --------------------------------------------------------------------------------------------
+# The (N, C, S) layout: classes on axis 1, blocks of whole slabs or of part of one
+# --------------------------------------------------------------------------------------------
+
+
+def make_3d(rng, n, c, s, dtype, variant):
+    """(N, C, S) logits and targets, and the same problem as (N*S, C) rows (a copy)."""
+    x2, target2, kwargs = make_inputs(rng, n * s, c, dtype, variant)
+    x3 = np.ascontiguousarray(x2.reshape(n, s, c).transpose(0, 2, 1))
+    if kwargs["probability"]:
+        target3 = np.ascontiguousarray(target2.reshape(n, s, c).transpose(0, 2, 1))
+    else:
+        target3 = target2
+    return x3, target3, x2, target2, kwargs
+
+
+def as_rows(a3):
+    n, c, s = a3.shape
+    return a3.transpose(0, 2, 1).reshape(n * s, c)
+
+
+@pytest.fixture(params=["slab", "gather"])
+def block_compute(request, monkeypatch):
+    """Both ways of computing an (N, C, S) block: on the block in place ("slab"), or copied
+    to class-last rows in scratch and back ("gather"); SLAB_MIN_RUN picks one per shape."""
+    monkeypatch.setattr(_kernel, "SLAB_MIN_RUN", 0 if request.param == "slab" else 1 << 40)
+    return request.param
+
+
+# (block elements, why): both ways of cutting an (N, C, S) input into blocks
+BLOCKINGS_3D = [
+    (1 << 19, "the default: every slab in one block"),
+    (129 * 37 * 2, "two whole slabs per block (the last block ragged)"),
+    (129 * 3, "part of one slab: the minimum 16 positions, the last run ragged"),
+    (1, "the minimum run along S, one slab at a time"),
+]
+
+
+@pytest.mark.parametrize(("name", "variant", "_why"), VARIANTS, ids=[v[0] for v in VARIANTS])
+@pytest.mark.parametrize(("block_elements", "_bwhy"), BLOCKINGS_3D,
+                         ids=[str(b) for b, _ in BLOCKINGS_3D])
+def test_3d_layout_equals_the_rows_layout(block_compute, rng, monkeypatch, name, variant, _why,
+                                          block_elements, _bwhy):
+    """(N, C, S) with classes on axis 1 gives the (N*S, C) rows' numbers, in (n, s) order,
+    the gradient in the (N, C, S) layout.  Only the order of the class sums differs."""
+    x3, t3, x2, t2, kwargs = make_3d(rng, 5, 129, 37, np.float64, variant)
+    reference = run_kernel(x2, t2, **kwargs)
+    monkeypatch.setattr(_kernel, "BLOCK_ELEMENTS", block_elements)
+    assert _kernel._Blocking.plan(x3.shape).gather == (block_compute == "gather")
+    loss, grad = run_kernel(x3, t3, **kwargs)
+    assert grad.shape == x3.shape
+    np.testing.assert_allclose(loss, reference[0], rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(as_rows(grad), reference[1], rtol=1e-13, atol=1e-16)
+
+
+@pytest.mark.parametrize(("name", "variant", "_why"), VARIANTS, ids=[v[0] for v in VARIANTS])
+@pytest.mark.parametrize("threads", [2, 3])
+def test_3d_threaded_equals_serial(block_compute, rng, monkeypatch, name, variant, _why, threads):
+    x3, t3, _, _, kwargs = make_3d(rng, 4, 33, 50, np.float64, variant)
+    monkeypatch.setattr(_kernel, "BLOCK_ELEMENTS", 33 * 16)  # many blocks per slab
+    monkeypatch.setattr(_kernel, "PARALLEL_MIN_ELEMENTS", 1 << 40)
+    serial = run_kernel(x3, t3, **kwargs)
+    monkeypatch.setenv("CROSSENT_NUM_THREADS", str(threads))
+    monkeypatch.setattr(_kernel, "PARALLEL_MIN_ELEMENTS", 1)
+    threaded = run_kernel(x3, t3, **kwargs)
+    assert threads - 1 in _kernel._pools
+    np.testing.assert_array_equal(threaded[0], serial[0])  # same blocks, same arithmetic
+    np.testing.assert_array_equal(threaded[1], serial[1])
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 5), (1, 7, 1000), (6, 1, 9), (2, 300, 40)])
+@pytest.mark.parametrize("block_elements", [1, 37, 1000, 1 << 19])
+def test_3d_blocks_cover_every_row_once(monkeypatch, shape, block_elements):
+    """The blocks are contiguous runs of the flat (n, s) rows that tile them exactly."""
+    monkeypatch.setattr(_kernel, "BLOCK_ELEMENTS", block_elements)
+    plan = _kernel._Blocking.plan(shape)
+    n, c, s = shape
+    seen = np.zeros(n * s, int)
+    for where, r0, r1, rshape in plan.blocks(0, plan.units):
+        block = np.arange(n * c * s).reshape(shape)[where]
+        assert block.shape == (rshape[0], c, rshape[1]) and r1 - r0 == np.prod(rshape)
+        assert block.size <= plan.max_block_elements
+        rows = (block[:, 0, :] // (c * s)) * s + block[:, 0, :] % s  # (n, s) -> flat row
+        np.testing.assert_array_equal(rows.reshape(-1), np.arange(r0, r1))
+        seen[r0:r1] += 1
+    np.testing.assert_array_equal(seen, 1)
+
+
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_3d_in_place_gradient_over_the_logits(block_compute, rng, softcap):
+    x3, t3, _, _, kwargs = make_3d(rng, 3, 20, 30, np.float64, VARIANTS[1][1])
+    expected_loss, expected_grad = run_kernel(x3, t3, softcap=softcap, **kwargs)
+    buf = x3.copy()
+    loss, grad = run_kernel(buf, t3, softcap=softcap, grad_out=buf, **kwargs)
+    assert grad is buf
+    np.testing.assert_array_equal(loss, expected_loss)
+    np.testing.assert_array_equal(buf, expected_grad)
+
+
+def test_3d_strided_views_are_read_in_place(block_compute, rng):
+    """Any strides: a view with a step along S and a reversed class axis."""
+    base, t3, _, _, kwargs = make_3d(rng, 3, 11, 40, np.float64, VARIANTS[3][1])
+    x3 = base[:, ::-1, ::2]
+    probs = t3[:, ::-1, ::2] / t3[:, ::-1, ::2].sum(axis=1, keepdims=True)
+    grad = np.empty((3, 20, 11)).transpose(0, 2, 1)  # a non-contiguous gradient buffer
+    loss, _ = run_kernel(x3, probs, grad_out=grad, **kwargs)
+    expected = run_kernel(np.ascontiguousarray(x3), np.ascontiguousarray(probs), **kwargs)
+    # the class sums run in another order over the reversed view: a few ulps
+    np.testing.assert_allclose(loss, expected[0], rtol=1e-13)
+    np.testing.assert_allclose(grad, expected[1], rtol=1e-13, atol=1e-16)
+
+
+def test_3d_float16_and_vector_scale(block_compute, rng):
+    x3, t3, x2, t2, kwargs = make_3d(rng, 3, 17, 25, np.float16, VARIANTS[2][1])
+    scale = rng.uniform(-2.0, 2.0, 75)
+    loss, grad = run_kernel(x3, t3, grad_scale=scale, **kwargs)
+    loss2, grad2 = run_kernel(x2, t2, grad_scale=scale, **kwargs)
+    assert loss.dtype == np.float32 and grad.dtype == np.float16
+    np.testing.assert_allclose(loss, loss2, rtol=1e-6, atol=1e-6)
+    # float32 sums in another order, then one fp16 rounding: within one fp16 ulp
+    ulp = np.spacing(np.abs(grad2).astype(np.float16)).astype(np.float64)
+    assert (np.abs(as_rows(grad).astype(np.float64) - grad2) <= ulp).all()
+
+
+@pytest.mark.parametrize(("name", "variant", "_why"), VARIANTS, ids=[v[0] for v in VARIANTS])
+def test_3d_bfloat16_bits(block_compute, rng, name, variant, _why):
+    """bfloat16 bits in the (N, C, S) layout: the float32 pass on the widened values, the
+    gradient rounded once to bfloat16 (as in the rows layout)."""
+    x3, t3, _, _, kwargs = make_3d(rng, 2, 40, 30, np.float32, variant)
+    if kwargs["weight"] is not None:
+        kwargs["weight"] = kwargs["weight"].astype(np.float32)
+    bits = bf16_bits(torch.from_numpy(x3))
+    x32 = _kernel.bf16_bits_to_float32(bits, np.empty(bits.shape, np.float32))
+    grad_bits = np.empty_like(bits)
+    loss, _ = run_kernel(bits, t3, grad_out=grad_bits, bfloat16=True, **kwargs)
+    loss32, grad32 = run_kernel(x32, t3, **kwargs)
+    np.testing.assert_array_equal(loss, loss32)
+    np.testing.assert_array_equal(grad_bits, bf16_bits(torch.from_numpy(grad32)))
+
+
+def test_3d_empty_and_single_class(block_compute):
+    loss, grad = run_kernel(np.zeros((0, 5, 3)), np.zeros(0, np.int64))
+    assert loss.shape == (0,) and grad.shape == (0, 5, 3)
+    loss, grad = run_kernel(np.zeros((2, 5, 0)), np.zeros(0, np.int64))
+    assert loss.shape == (0,) and grad.shape == (2, 5, 0)
+    loss, grad = run_kernel(np.array([[[3.0, -1.0]]]), np.array([0, 0]))
+    np.testing.assert_array_equal(loss, [0.0, 0.0])
+    np.testing.assert_array_equal(grad, [[[0.0, 0.0]]])
+
+
+def test_shapes_that_do_not_match_the_logits_are_refused():
+    targets = _kernel.RowTargets(index=np.zeros(6, np.int64), on_target=np.ones(6),
+                                 coef_sum=np.ones(6))
+    with pytest.raises(ValueError, match="grad_out must have the logits' shape"):
+        _kernel.fused_softmax_cross_entropy(np.zeros((2, 3, 3)), targets, 1.0,
+                                            np.dtype(np.float64), grad_out=np.zeros((6, 3)))
+    with pytest.raises(ValueError, match=r"\(M, C\) or \(N, C, S\)"):
+        _kernel.fused_softmax_cross_entropy(np.zeros((1, 2, 3, 3)), targets, 1.0,
+                                            np.dtype(np.float64))
+
+
+# --------------------------------------------------------------------------------------------
+# Masked vocabularies: -inf logits where the target puts no weight (0 log 0 = 0), per block
+# --------------------------------------------------------------------------------------------
+
+
+def masked_problem(rng, rows, classes, kind):
+    """Rows whose classes 1, 4, 7, ... are masked to -inf, the target giving them nothing:
+    probabilities 0 there, or class weight 0 there with label smoothing."""
+    x = rng.normal(0.0, 3.0, size=(rows, classes))
+    masked = np.arange(classes) % 3 == 1
+    x[:, masked] = -np.inf
+    kept = np.flatnonzero(~masked)
+    if kind == "probability":
+        t = np.zeros((rows, classes))
+        t[:, kept] = rng.dirichlet(np.ones(kept.size), size=rows)
+        return x, t, dict(probability=True, label_smoothing=0.0), masked
+    y = rng.choice(kept, size=rows)
+    w = np.where(masked, 0.0, rng.uniform(0.5, 2.0, classes))
+    return x, y, dict(probability=False, weight=w, label_smoothing=0.2), masked
+
+
+@pytest.mark.parametrize("kind", ["probability", "index-smoothing"])
+@pytest.mark.parametrize("layout", ["rows", "3d"])
+def test_masked_vocabulary_equals_the_problem_without_the_masked_classes(block_compute, rng,
+                                                                         monkeypatch, kind,
+                                                                         layout):
+    """Masked classes contribute nothing: the loss is the one written out over the kept
+    classes only, the gradient 0 on masked classes and the kept problem's elsewhere.
+    Several blocks, each with every row masked: the block-wise exact path throughout."""
+    x, target, kwargs, masked = masked_problem(rng, 60, 31, kind)
+    expected = masked_reference(x, target, kwargs, masked)
+    monkeypatch.setattr(_kernel, "BLOCK_ELEMENTS", 31 * 7)
+    calls = []
+    exact = _kernel._dot_without_zero_terms
+
+    def counted(shifted, *args):
+        calls.append(shifted.shape)
+        return exact(shifted, *args)
+
+    monkeypatch.setattr(_kernel, "_dot_without_zero_terms", counted)
+    if layout == "3d":
+        x3 = np.ascontiguousarray(x.reshape(6, 10, 31).transpose(0, 2, 1))
+        t3 = (np.ascontiguousarray(target.reshape(6, 10, 31).transpose(0, 2, 1))
+              if kind == "probability" else target)
+        loss, grad3 = run_kernel(x3, t3, **kwargs)
+        grad = as_rows(grad3)
+    else:
+        loss, grad = run_kernel(x, target, **kwargs)
+    assert np.isfinite(loss).all() and np.isfinite(grad).all()
+    # once per block, on the whole block (never a loop over rows)
+    plan = _kernel._Blocking.plan(x3.shape if layout == "3d" else x.shape)
+    assert len(calls) == len(list(plan.blocks(0, plan.units))) > 1
+    assert sum(int(np.prod(shape)) for shape in calls) == x.size
+    np.testing.assert_array_equal(grad[:, masked], 0.0)
+    np.testing.assert_allclose(loss, expected[0], rtol=1e-13)
+    np.testing.assert_allclose(grad[:, ~masked], expected[1], rtol=1e-12, atol=1e-15)
+
+
+def masked_reference(x, target, kwargs, masked):
+    """The loss and gradient written out in float64 over the kept classes only:
+    ``a = t`` for probabilities, ``a = (1 - eps) w[y] onehot(y) + (eps / C) w`` for class
+    indices (C the full class count: the masked classes are still classes, of weight 0)."""
+    keep = ~masked
+    z = x[:, keep]
+    if kwargs["probability"]:
+        a = target[:, keep]
+    else:
+        eps, wk = kwargs["label_smoothing"], kwargs["weight"][keep]
+        a = np.tile(eps / x.shape[1] * wk, (x.shape[0], 1))
+        col = np.cumsum(keep)[target] - 1
+        a[np.arange(len(target)), col] += (1 - eps) * wk[col]
+    lse = np.log(np.exp(z - z.max(1, keepdims=True)).sum(1)) + z.max(1)
+    loss = (a * (lse[:, None] - z)).sum(1)
+    grad = a.sum(1, keepdims=True) * np.exp(z - lse[:, None]) - a
+    return loss, grad
+
+
+def test_masked_rows_keep_genuine_inf_and_nan(rng):
+    """In a block on the exact path, a row whose target weighs a -inf class costs inf, a
+    NaN logit row is NaN, and their neighbours keep their finite values."""
+    x, t, kwargs, masked = masked_problem(rng, 6, 10, "probability")
+    t[2] = 0.0
+    t[2, 1] = 1.0  # all the target's mass on a masked class: inf
+    x[4, 0] = np.nan
+    loss, grad = run_kernel(x, t, **kwargs)
+    assert loss[2] == np.inf
+    assert np.isnan(loss[4]) and np.isnan(grad[4]).all()
+    finite = [0, 1, 3, 5]
+    assert np.isfinite(loss[finite]).all()
+    clean, _ = run_kernel(x[finite], t[finite], **kwargs)
+    np.testing.assert_array_equal(loss[finite], clean)
+
+
+@pytest.mark.parametrize("layout", ["rows", "3d"])
+def test_a_weighted_masked_class_costs_inf_like_torch(block_compute, rng, layout):
+    """Label smoothing that gives a masked (-inf) class weight: every row costs inf, as in
+    PyTorch; the gradient is PyTorch's (finite) one.  The other masked classes weigh 0."""
+    x, y, kwargs, masked = masked_problem(rng, 12, 10, "index-smoothing")
+    kwargs["weight"][1] = 0.7  # class 1 is masked in every row
+    if layout == "3d":
+        x_in = np.ascontiguousarray(x.reshape(3, 4, 10).transpose(0, 2, 1))
+        loss, grad = run_kernel(x_in, y, **kwargs)
+        grad = as_rows(grad)
+    else:
+        loss, grad = run_kernel(x, y, **kwargs)
+    assert (loss == np.inf).all()
+    xt = torch.tensor(x, requires_grad=True)
+    ref = F.cross_entropy(xt, torch.tensor(y), torch.tensor(kwargs["weight"]),
+                          reduction="sum", label_smoothing=0.2)
+    ref.backward()
+    np.testing.assert_allclose(grad, xt.grad.numpy(), rtol=1e-12, atol=1e-15)
+
+
+# --------------------------------------------------------------------------------------------
 # bfloat16 as raw uint16 bits (how the torch executor hands bfloat16 over)
 # --------------------------------------------------------------------------------------------
 

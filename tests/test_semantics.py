@@ -34,6 +34,18 @@ ERRORS = [
      [r"^target = 3 ", r"\[0, 2\]", r"= 3\b"]),
     ("index-ignore-index-shown", lambda: fn.cross_entropy(X, [0, -100], ignore_index=-1),
      IndexError, [r"target\[1\]", r"ignore_index \(-1\)", r"= -100\b"]),
+    # uint64 indices of 2**63 or more are out of range, not wrapped onto -100 (ignored)
+    ("index-uint64-wraps-to-ignore-index",
+     lambda: fn.cross_entropy(X, np.array([0, 2**64 - 100], np.uint64)), IndexError,
+     [r"target\[1\]", r"\[0, 2\] or ignore_index \(-100\)", r"= 18446744073709551516\b"]),
+    ("index-uint64-2-63-kdim",
+     lambda: fn.cross_entropy_with_grad(np.zeros((2, 3, 2)),
+                                        np.array([[0, 1], [2**63, 0]], np.uint64)),
+     IndexError, [r"target\[1, 0\]", r"\[0, 2\]", r"= 9223372036854775808\b"]),
+    ("nll-index-uint64", lambda: fn.nll_loss(X, np.array([2**64 - 1, 0], np.uint64)),
+     IndexError, [r"target\[0\]", r"\[0, 2\]", r"= 18446744073709551615\b"]),
+    ("ignore-index-beyond-int64", lambda: fn.cross_entropy(X, Y, ignore_index=2**63),
+     ValueError, [r"^ignore_index", r"64-bit signed integer", r"got 9223372036854775808"]),
     ("nll-index-too-large", lambda: fn.nll_loss(X, [5, 0]), IndexError,
      [r"target\[0\]", r"\[0, 2\]", r"= 5\b"]),
     # -- float where indices are expected, and the reverse ---------------------------------
@@ -82,13 +94,19 @@ ERRORS = [
     ("bce-logits-shape", lambda: fn.binary_cross_entropy_with_logits([0.5], [[0.0], [1.0]]),
      ValueError, [r"^target", r"input's shape \(1,\)", r"got shape \(2, 1\)"]),
     ("kl-shape", lambda: fn.kl_div(X, np.zeros((3, 2))), ValueError,
-     [r"^target", r"input's shape \(2, 3\)", r"got shape \(3, 2\)"]),
+     [r"^target", r"broadcast against the input's shape \(2, 3\)", r"got shape \(3, 2\)"]),
     ("grad-output-shape",
      lambda: fn.cross_entropy_with_grad(X, Y, reduction="none", grad_output=[1.0, 2.0, 3.0]),
      ValueError, [r"^grad_output", r"loss's shape \(2,\)", r"got shape \(3,\)"]),
     ("grad-output-type", lambda: fn.cross_entropy_with_grad(X, Y, grad_output="a"), TypeError,
      [r"^grad_output", r"real array or number", r"str 'a'"]),
     # -- weights ---------------------------------------------------------------------------
+    ("weight-dtype", lambda: fn.cross_entropy(X, Y, weight=np.ones(3, np.float32)),
+     TypeError, [r"^weight", r"input's dtype float64 for class-index targets",
+                 r"got float32"]),
+    ("nll-weight-dtype",
+     lambda: fn.nll_loss(X.astype(np.float32), Y, weight=np.ones(3, np.float16)),
+     TypeError, [r"^weight", r"input's dtype float32", r"got float16"]),
     ("weight-length", lambda: fn.cross_entropy(X, Y, weight=[1.0, 2.0, 3.0, 4.0]), ValueError,
      [r"^weight", r"shape \(3,\), one weight per class", r"got shape \(4,\)"]),
     ("weight-2d", lambda: fn.cross_entropy(X, Y, weight=np.ones((1, 3))), ValueError,
@@ -189,7 +207,11 @@ def test_error_names_argument_expected_and_received(call, exc, patterns):
     (lambda: fn.cross_entropy(X, [0.0, 1.0]), RuntimeError),
     (lambda: fn.cross_entropy(X, Y, weight=[1.0, 2.0]), RuntimeError),
     (lambda: fn.cross_entropy(np.zeros((2, 0)), [0, 0]), IndexError),
-], ids=["smoothing", "float-target", "weight", "no-classes"])
+    (lambda: fn.cross_entropy(X, Y, weight=np.ones(3, np.float32)), RuntimeError),
+    (lambda: fn.kl_div(X, np.zeros((3, 2))), RuntimeError),
+    (lambda: fn.binary_cross_entropy([0.5, 0.1], [0.0, 1.0], [1.0, 2.0, 3.0]), RuntimeError),
+], ids=["smoothing", "float-target", "weight", "no-classes", "weight-dtype", "kl-broadcast",
+        "bce-weight-broadcast"])
 def test_errors_are_also_pytorchs_exception_type(call, also):
     """PyTorch raises RuntimeError (IndexError for C = 0) for these same mistakes."""
     with pytest.raises(also):
@@ -294,3 +316,73 @@ def test_boolean_arguments_are_not_numbers():
                   sem.check_softcap):
         with pytest.raises(TypeError, match="got bool True"):
             check(True)
+
+
+# --------------------------------------------------------------------------------------------
+# Class indices: range-checked in their own dtype before the one cast to int64
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.uint16, np.int32,
+                                   np.uint32, np.int64, np.uint64])
+def test_every_integer_dtype_gives_the_int64_result(dtype):
+    y = np.array([2, 0, 1, 2])
+    x = np.arange(12.0).reshape(4, 3) % 5
+    expected = fn.cross_entropy_with_grad(x, y, reduction="none")
+    got = fn.cross_entropy_with_grad(x, y.astype(dtype), reduction="none")
+    np.testing.assert_array_equal(got[0], expected[0])
+    np.testing.assert_array_equal(got[1], expected[1])
+    assert fn.nll_loss(x, y.astype(dtype)) == fn.nll_loss(x, y)
+
+
+def test_ignore_index_outside_the_dtype_is_no_index():
+    """-100 cannot be a uint8 value: nothing is ignored, and nothing wraps onto it."""
+    y = np.array([255, 0], np.uint8)
+    with pytest.raises(IndexError, match=r"target\[0\] = 255 "):
+        fn.cross_entropy(X, y)
+    # int8 targets with 1000 classes: every int8 value below 1000, negatives refused
+    x = np.zeros((2, 1000))
+    assert fn.cross_entropy(x, np.array([127, 5], np.int8)) == pytest.approx(np.log(1000))
+    with pytest.raises(IndexError, match=r"target\[1\] = -5 "):
+        fn.cross_entropy(x, np.array([127, -5], np.int8))
+
+
+def test_uint64_ignore_index_within_range_is_honoured():
+    x = np.array([[0.0, 1.0, 2.0], [3.0, 0.0, -1.0]])
+    y = np.array([7, 1], np.uint64)
+    loss = fn.cross_entropy(x, y, ignore_index=7)
+    assert loss == fn.cross_entropy(x[1:], [1])
+    assert loss == pytest.approx(3.0 + np.log1p(np.exp(-3.0) + np.exp(-4.0)), rel=1e-14)
+
+
+def test_the_kernel_takes_only_checked_int64_indices():
+    """build_row_targets refuses to cast: the cast happens once, after the range check."""
+    from crossent import _kernel
+
+    with pytest.raises(TypeError, match="int64"):
+        _kernel.build_row_targets(np.array([0, 1], np.uint64), probability=False, weight=None,
+                                  ignore_index=-100, label_smoothing=0.0, z_loss=0.0,
+                                  num_classes=3, compute_dtype=np.float64)
+
+
+def test_class_weight_dtype_rule():
+    """One rule for NumPy and torch dtypes alike: index targets need the input's dtype,
+    probability targets promote."""
+    sem.check_class_weight_dtype(np.dtype(np.float32), np.dtype(np.float32), False)
+    sem.check_class_weight_dtype(np.dtype(np.float64), np.dtype(np.float16), True)
+    with pytest.raises(sem.ArgumentTypeError, match="input's dtype float16.*got float32"):
+        sem.check_class_weight_dtype(np.dtype(np.float32), np.dtype(np.float16), False)
+    torch = pytest.importorskip("torch")
+    with pytest.raises(RuntimeError, match="input's dtype float64.*got float32"):
+        sem.check_class_weight_dtype(torch.float32, torch.float64, False)
+
+
+def test_class_layout_empty_batch_may_have_no_classes():
+    assert sem.class_layout((0, 0), empty_batch_may_have_no_classes=True).num_classes == 0
+    assert sem.class_layout((0, 0, 3), empty_batch_may_have_no_classes=True).rows == 0
+    with pytest.raises(IndexError):
+        sem.class_layout((2, 0), empty_batch_may_have_no_classes=True)
+    with pytest.raises(IndexError):
+        sem.class_layout((0,), empty_batch_may_have_no_classes=True)  # one element, no class
+    with pytest.raises(IndexError):
+        sem.class_layout((0, 0))  # the default: refused

@@ -10,7 +10,15 @@ from typing import Any
 
 import numpy as np
 
+from . import _semantics as sem
+
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+# NumPy's bad-axis error: a ValueError and an IndexError (PyTorch raises IndexError for a
+# dimension out of range).  It moved to numpy.exceptions in NumPy 1.25.
+AxisError = getattr(np, "exceptions", np).AxisError
+
+_INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
 
 
 def describe(value: Any) -> str:
@@ -42,6 +50,49 @@ def as_float_array(value: Any, name: str, what: str = "a floating-point array") 
             )
         )
     return arr
+
+
+def as_class_indices(target: np.ndarray, num_classes: int, ignore_index: int) -> np.ndarray:
+    """Integer class indices as int64, range-checked in their own dtype first.
+
+    The one place a NumPy index target becomes int64.  Checking before the cast matters:
+    a ``uint64`` index of ``2**63`` or more would wrap onto a negative number (``2**64 -
+    100`` onto ``-100``, the default ``ignore_index``) and be silently ignored.  A bad index
+    raises ``IndexError`` naming its value and position (C order, in the target's shape).
+    """
+    if not _INT64_MIN <= ignore_index <= _INT64_MAX:
+        raise ValueError(f"ignore_index must fit in a 64-bit signed integer (as in PyTorch), "
+                         f"got {ignore_index}")
+    info = np.iinfo(target.dtype)
+    bad = np.zeros(target.shape, dtype=bool)
+    if num_classes <= info.max:  # else no value of this dtype reaches num_classes
+        bad |= target >= num_classes
+    if info.min < 0:
+        bad |= target < 0
+    if info.min <= ignore_index <= info.max:  # else no value of this dtype equals it
+        bad &= target != ignore_index
+    if bad.any():
+        position = first_position(bad)
+        raise IndexError(sem.out_of_range_message(int(target[position]), position,
+                                                  num_classes, ignore_index))
+    return target.astype(np.int64, copy=False)
+
+
+def as_class_weight(weight: Any, num_classes: int, input_dtype: np.dtype, *,
+                    probability: bool) -> np.ndarray:
+    """Class weights ``(C,)`` for the softmax losses, by PyTorch's dtype rule.
+
+    An array (or anything else that carries a floating dtype) must have the input's dtype
+    for class-index targets (:func:`crossent._semantics.check_class_weight_dtype`); with
+    probability targets it keeps its dtype and takes part in the promotion of the loss, as
+    in PyTorch.  A Python list or tuple carries no dtype: it is converted to the input's.
+    """
+    w = as_float_array(weight, "weight", "a floating-point array of class weights")
+    sem.check_class_weight(w.shape, num_classes)
+    if hasattr(weight, "dtype"):
+        sem.check_class_weight_dtype(w.dtype, input_dtype, probability)
+        return w
+    return w.astype(input_dtype)
 
 
 def compute_dtype(*dtypes: np.dtype) -> np.dtype:

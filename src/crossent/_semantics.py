@@ -162,8 +162,14 @@ class ClassLayout:
         return len(self.input_shape) > 2
 
 
-def class_layout(input_shape: tuple[int, ...], name: str = "input") -> ClassLayout:
-    """Resolve PyTorch's class axis: dim 1, or dim 0 for an unbatched ``(C,)`` input."""
+def class_layout(input_shape: tuple[int, ...], name: str = "input", *,
+                 empty_batch_may_have_no_classes: bool = False) -> ClassLayout:
+    """Resolve PyTorch's class axis: dim 1, or dim 0 for an unbatched ``(C,)`` input.
+
+    An empty class dimension is refused; with ``empty_batch_may_have_no_classes`` it is
+    accepted when there are no elements either (``(0, 0)``, ``(0, 0, d1)``), as PyTorch
+    accepts them (an empty loss, ``'mean'`` NaN, ``'sum'`` 0).
+    """
     input_shape = tuple(int(s) for s in input_shape)
     if len(input_shape) == 0:
         raise ArgumentError(
@@ -171,7 +177,8 @@ def class_layout(input_shape: tuple[int, ...], name: str = "input") -> ClassLayo
         )
     class_axis = 0 if len(input_shape) == 1 else 1
     num_classes = input_shape[class_axis]
-    if num_classes == 0:
+    no_elements = math.prod(input_shape[:class_axis] + input_shape[class_axis + 1:]) == 0
+    if num_classes == 0 and not (empty_batch_may_have_no_classes and no_elements):
         raise EmptyClassesError(
             f"{name} has an empty class dimension (axis {class_axis} of shape "
             f"{_shape_str(input_shape)}); cross-entropy needs at least one class"
@@ -225,6 +232,22 @@ def check_class_weight(weight_shape: tuple[int, ...] | None, num_classes: int) -
             f"weight must have shape ({num_classes},), one weight per class, "
             f"got shape {_shape_str(tuple(weight_shape))}"
         )
+
+
+def check_class_weight_dtype(weight_dtype: Any, input_dtype: Any, probability: bool) -> None:
+    """PyTorch's dtype rule for class weights (NumPy dtypes and torch dtypes alike).
+
+    With class-index targets the weight must have the input's dtype (PyTorch: "expected
+    scalar type Float but found Double"); with probability targets any floating dtype is
+    accepted and promotes the loss, as PyTorch's probability path does.
+    """
+    if probability or weight_dtype == input_dtype:
+        return
+    want, got = (str(dtype).replace("torch.", "") for dtype in (input_dtype, weight_dtype))
+    raise ArgumentTypeError(
+        f"weight must have the input's dtype {want} for class-index targets (as in "
+        f"PyTorch), got {got}; convert it with .astype or .to"
+    )
 
 
 def check_probability_ignore_index(ignore_index: int) -> None:
@@ -321,10 +344,16 @@ def reduce_loss(per_element: Any, reduction: str, denominator: Any) -> Any:
     return total / denominator
 
 
-def kl_div_denominator(input_shape: tuple[int, ...], reduction: str) -> int | None:
-    """``'batchmean'`` divides by ``input.shape[0]``; ``'mean'`` by the element count."""
+def kl_div_denominator(input_shape: tuple[int, ...], reduction: str,
+                       output_shape: tuple[int, ...] | None = None) -> int | None:
+    """``'batchmean'`` divides by ``input.shape[0]``; ``'mean'`` by the element count.
+
+    The target may broadcast against the input: ``output_shape`` is then the shape of the
+    pointwise loss, whose element count ``'mean'`` divides by, while ``'batchmean'`` still
+    divides by the input's first dimension (PyTorch's rule; a 0-d input divides by 1).
+    """
     if reduction == "batchmean":
         return int(input_shape[0]) if len(input_shape) else 1
     if reduction == "mean":
-        return math.prod(input_shape)
+        return math.prod(input_shape if output_shape is None else output_shape)
     return None

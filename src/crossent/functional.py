@@ -19,8 +19,10 @@ mathematically right value:
 * :func:`binary_cross_entropy_with_logits` at ``(+inf, y=1)`` and ``(-inf, y=0)``: loss 0,
   gradient 0 (PyTorch: NaN, pytorch#49844); at ``(-inf, y>0)`` the loss is ``inf``, the
   right value (PyTorch: NaN through its ``(1 - y) * x`` term, ``0 * -inf`` at ``y = 1``);
-* :func:`kl_div` with target 0 on an input of ``-inf`` (or a ``log_target`` of ``-inf``):
-  0 (PyTorch: NaN).
+* :func:`kl_div` where the target probability is 0 (a target of 0, or a ``log_target`` of
+  ``-inf``) and the input is ``-inf``, or, with ``log_target=True``, any finite input: 0
+  (PyTorch: NaN through ``0 * -inf``).  An input of ``+inf`` or NaN stays NaN, as in
+  PyTorch: ``+inf`` is no log-probability, so ``0 * log 0`` does not arise there.
 
 Everywhere else the numbers are PyTorch's, NaN included (an all ``-inf`` row, a ``+inf``
 logit, a NaN logit).
@@ -28,6 +30,7 @@ logit, a NaN logit).
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -35,6 +38,9 @@ import numpy as np
 
 from . import _semantics as sem
 from ._arrays import (
+    AxisError,
+    as_class_indices,
+    as_class_weight,
     as_float_array,
     as_grad_output,
     compute_dtype,
@@ -66,35 +72,78 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 
-def _check_axis(x: np.ndarray, axis: Any) -> int:
-    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
-        raise TypeError(f"axis must be an int, got {type(axis).__name__} {axis!r}")
-    if x.ndim == 0 or not -x.ndim <= axis < x.ndim:
-        raise ValueError(f"axis {axis} is out of range for an array of shape {x.shape}")
-    return int(axis)
+def _axes(x: np.ndarray, axis: Any, *, many: bool = False) -> tuple[np.ndarray, tuple[int, ...]]:
+    """``(array, axes)``: the axes to work along, as non-negative ints, PyTorch's rules.
+
+    ``axis`` is an int (``many``: also a tuple or list of ints, as ``torch.logsumexp``'s
+    ``dim``).  A 0-d array is PyTorch's one-element vector: axis ``0`` or ``-1`` (or ``()``)
+    works along it, and it comes back 0-d.  An axis out of range raises NumPy's
+    ``AxisError`` (a ``ValueError`` and an ``IndexError``, PyTorch's type); an axis named
+    twice, or ``()`` on an array with axes, raises ``ArgumentError`` (PyTorch:
+    ``RuntimeError``).
+    """
+    what = "an int or a tuple of ints" if many else "an int"
+    if many and isinstance(axis, (tuple, list)):
+        items = list(axis)
+    else:
+        items = [axis]
+    for a in items:
+        if isinstance(a, bool) or not isinstance(a, (int, np.integer)):
+            raise TypeError(f"axis must be {what}, got {type(axis).__name__} {axis!r}")
+    shape = x.shape
+    if x.ndim == 0:
+        x = x.reshape(1)  # PyTorch treats a 0-d tensor as one element along dim 0 / -1
+        if not items:
+            return x, (0,)
+    if not items:
+        raise sem.ArgumentError(
+            f"axis must name at least one axis of the array of shape {shape}, got {axis!r}")
+    ndim = x.ndim
+    resolved = []
+    for a in items:
+        if not -ndim <= a < ndim:
+            raise AxisError(f"axis {int(a)} is out of range for an array of shape {shape}: "
+                            f"expected an axis in [{-ndim}, {ndim - 1}]")
+        a = int(a) % ndim
+        if a in resolved:
+            raise sem.ArgumentError(f"axis {a} appears more than once in axis={axis!r}")
+        resolved.append(a)
+    return x, tuple(resolved)
 
 
-def logsumexp(x: Any, axis: int = -1, keepdims: bool = False) -> np.ndarray:
+def _max_shift(xc: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """The row max along ``axes``, kept as an axis; ``-inf`` over an empty axis (no error)."""
+    return np.max(xc, axis=axes, keepdims=True, initial=-np.inf)
+
+
+def logsumexp(x: Any, axis: Any = -1, keepdims: bool = False) -> np.ndarray:
     r"""``log(sum(exp(x), axis))``, stable for huge and infinite entries.
 
     .. math:: \operatorname{lse}(x) = m + \log \sum_i e^{x_i - m}, \quad m = \max_i x_i
 
-    All ``-inf`` gives ``-inf``; any ``+inf`` gives ``inf``; NaN gives NaN (as ``torch``).
+    ``axis`` is an int or a tuple of ints (as ``torch.logsumexp(x, dim=(0, 1))``).  All
+    ``-inf`` gives ``-inf``, and so does an empty axis (an empty sum); any ``+inf`` gives
+    ``inf``; NaN gives NaN (as ``torch``).  A 0-d array is its own logsumexp.
 
     >>> float(logsumexp([1.0, 2.0, 3.0]))
-    3.40760596444438
+    3.4076059644443806
+    >>> round(float(logsumexp(np.zeros((2, 3)), axis=(0, 1))), 6)  # log 6
+    1.791759
     """
     x = as_float_array(x, "x")
-    axis = _check_axis(x, axis)
+    zero_d = x.ndim == 0
+    xs, axes = _axes(x, axis, many=True)
     cd = compute_dtype(x.dtype)
-    xc = x.astype(cd, copy=False)
-    m = np.max(xc, axis=axis, keepdims=True)
+    xc = xs.astype(cd, copy=False)
+    m = _max_shift(xc, axes)
     # an infinite max would make x - m NaN; shifting by 0 there gives the right +-inf
     m = np.where(np.isfinite(m), m, 0.0).astype(cd)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        out = np.log(np.sum(np.exp(xc - m), axis=axis, keepdims=True)) + m
-    if not keepdims:
-        out = np.squeeze(out, axis=axis)
+        out = np.log(np.sum(np.exp(xc - m), axis=axes, keepdims=True)) + m
+    if zero_d:
+        out = out.reshape(())
+    elif not keepdims:
+        out = np.squeeze(out, axis=axes)
     return out.astype(x.dtype, copy=False)
 
 
@@ -103,33 +152,36 @@ def log_softmax(x: Any, axis: int = -1) -> np.ndarray:
 
     .. math:: \log \operatorname{softmax}(x)_i = x_i - m - \log \sum_j e^{x_j - m}
 
+    The result has the input's shape (empty in, empty out); a finite 0-d value gives 0.
+
     >>> np.round(log_softmax([2.0, 4.0, 0.5]), 6)
     array([-2.153178, -0.153178, -3.653178])
     """
     x = as_float_array(x, "x")
-    axis = _check_axis(x, axis)
-    xc = x.astype(compute_dtype(x.dtype), copy=False)
+    xs, axes = _axes(x, axis)
+    xc = xs.astype(compute_dtype(x.dtype), copy=False)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        shifted = xc - np.max(xc, axis=axis, keepdims=True)
-        out = shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
-    return out.astype(x.dtype, copy=False)
+        shifted = xc - _max_shift(xc, axes)
+        out = shifted - np.log(np.sum(np.exp(shifted), axis=axes, keepdims=True))
+    return out.reshape(x.shape).astype(x.dtype, copy=False)
 
 
 def softmax(x: Any, axis: int = -1) -> np.ndarray:
     r"""``exp(x) / sum(exp(x))`` along ``axis``, computed after subtracting the max.
 
-    A row with ``+inf`` or only ``-inf`` is NaN, as in PyTorch.
+    A row with ``+inf`` or only ``-inf`` is NaN, as in PyTorch.  The result has the input's
+    shape (empty in, empty out); a finite 0-d value gives 1.
 
     >>> np.round(softmax([-9.0, 5.0, 10.0]), 6)
     array([0.      , 0.006693, 0.993307])
     """
     x = as_float_array(x, "x")
-    axis = _check_axis(x, axis)
-    xc = x.astype(compute_dtype(x.dtype), copy=False)
+    xs, axes = _axes(x, axis)
+    xc = xs.astype(compute_dtype(x.dtype), copy=False)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        e = np.exp(xc - np.max(xc, axis=axis, keepdims=True))
-        out = e / np.sum(e, axis=axis, keepdims=True)
-    return out.astype(x.dtype, copy=False)
+        e = np.exp(xc - _max_shift(xc, axes))
+        out = e / np.sum(e, axis=axes, keepdims=True)
+    return out.reshape(x.shape).astype(x.dtype, copy=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -148,34 +200,37 @@ def _class_indices(target: np.ndarray, name: str = "target") -> np.ndarray:
     return target
 
 
-def _check_index_range(y: np.ndarray, num_classes: int, ignore_index: int,
-                       target_shape: tuple[int, ...]) -> None:
-    bad = ((y < 0) | (y >= num_classes)) & (y != ignore_index)
-    if bad.any():
-        pos = first_position(bad.reshape(target_shape))
-        value = y.reshape(target_shape)[pos]
-        raise IndexError(sem.out_of_range_message(value, pos, num_classes, ignore_index))
+def _kernel_layout(a: np.ndarray, layout: sem.ClassLayout) -> np.ndarray:
+    """The input (or its gradient, or a probability target) as the fused pass takes it.
+
+    ``(M, C)`` with classes last for ``(C,)`` and ``(N, C)``; ``(N, C, S)`` with
+    ``S = d1 * ... * dK`` for ``(N, C, d1, ..., dK)``: classes stay on axis 1, nothing is
+    moved.  A view whenever the memory allows (always for a C-contiguous array); a
+    K-dimensional input whose strides cannot merge its trailing axes is copied by NumPy.
+    """
+    classes = layout.num_classes
+    if not layout.spatial:
+        return a.reshape(layout.rows, classes)
+    batches = layout.input_shape[0]
+    spatial = math.prod(layout.input_shape[2:])
+    if spatial == 1:  # (N, C, 1, ..., 1) is (N, C)
+        return a.reshape(batches, classes)
+    return a.reshape(batches, classes, spatial)
 
 
-def _rows_last(x: np.ndarray, layout: sem.ClassLayout) -> np.ndarray:
-    """The input as ``(rows, C)`` with classes last (a view unless ``(N, C, d1..dK)``)."""
-    if layout.spatial:
-        return np.moveaxis(x, 1, -1).reshape(-1, layout.num_classes)
-    return x.reshape(-1, layout.num_classes)
-
-
-def _rows_back(g: np.ndarray, layout: sem.ClassLayout) -> np.ndarray:
-    """Inverse of :func:`_rows_last` for the gradient (C-contiguous, the input's shape)."""
-    if layout.spatial:
-        n, *rest = layout.batch_shape
-        moved = g.reshape(n, *rest, layout.num_classes)
-        return np.ascontiguousarray(np.moveaxis(moved, -1, 1))
-    return g.reshape(layout.input_shape)
+def _target_positions(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Fancy index of each row's class ``y`` in the kernel layout ``(M, C)`` / ``(N, C, S)``
+    (rows in ``(n, s)`` C order): three ``(M,)`` arrays at most, never ``(M, C)``."""
+    rows = np.arange(y.shape[0])
+    if x.ndim == 2:
+        return rows, y
+    spatial = x.shape[2]
+    return rows // spatial, y, rows % spatial
 
 
 def _softmax_cross_entropy_rows(
-    x: np.ndarray,  # (M, C) logits, classes last
-    target: np.ndarray,  # (M,) class indices or (M, C) probabilities
+    x: np.ndarray,  # (M, C) or (N, C, S) logits: see _kernel_layout
+    target: np.ndarray,  # (M,) int64 range-checked class indices, or x-shaped probabilities
     *,
     probability: bool,
     weight: np.ndarray | None,  # (C,) in the compute dtype
@@ -186,23 +241,19 @@ def _softmax_cross_entropy_rows(
     softcap: float | None,
     cd: np.dtype,
     grad_output: np.ndarray | None,  # scalar, or (M,) for 'none'; None: no gradient
-    grad_out: np.ndarray | None = None,  # (M, C) buffer for the gradient
-    target_shape: tuple[int, ...] | None = None,  # for error positions
+    grad_out: np.ndarray | None = None,  # x-shaped buffer for the gradient
 ) -> tuple[np.ndarray, Any]:
     """Per-row losses and the gradient (into ``grad_out``), in one pass, for the NumPy API.
 
-    Arguments are already validated and laid out as rows (the torch executor has its own
-    entry, :func:`crossent.torch._rows.cross_entropy_rows_cpu`, because there the gradient
-    scale arrives as a tensor).  ``grad_output`` is the upstream gradient of the
+    Arguments are already validated and laid out for the kernel (the torch executor has its
+    own entry, :func:`crossent.torch._rows.cross_entropy_rows_cpu`, because there the
+    gradient scale arrives as a tensor).  ``grad_output`` is the upstream gradient of the
     *reduced* loss; the ``'mean'`` denominator is folded into the gradient here.  Returns
     ``(per-row losses in cd, the 'mean' denominator)``; reduce with
     :func:`crossent._semantics.reduce_loss`.
     """
-    rows, num_classes = x.shape
-    if not probability:
-        target = target.astype(np.int64, copy=False)
-        where_shape = target_shape if target_shape is not None else (rows,)
-        _check_index_range(target, num_classes, ignore_index, where_shape)
+    num_classes = x.shape[1]
+    rows = x.shape[0] * (x.shape[2] if x.ndim == 3 else 1)
     targets, w_y = build_row_targets(
         target, probability=probability, weight=weight, ignore_index=ignore_index,
         label_smoothing=label_smoothing, z_loss=z_loss, num_classes=num_classes,
@@ -228,7 +279,7 @@ def _softmax_cross_entropy_rows(
 def _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing, z_loss,
                    softcap, grad_output, want_grad):
     x = as_float_array(input, "input", "a floating-point array of logits")
-    layout = sem.class_layout(x.shape)
+    layout = sem.class_layout(x.shape, empty_batch_may_have_no_classes=True)
     target = np.asarray(target)
     reduction = sem.check_reduction(reduction)
     label_smoothing = sem.check_label_smoothing(label_smoothing)
@@ -244,38 +295,39 @@ def _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothi
             )
         target = as_float_array(target, "target", "an array of class probabilities")
         sem.check_probability_ignore_index(ignore_index)
-        cd = compute_dtype(x.dtype, target.dtype)
-        loss_dtype = np.result_type(x.dtype, target.dtype)
     else:
         _class_indices(target)
         sem.check_index_target_shape(layout, target.shape)
-        cd = compute_dtype(x.dtype)
-        loss_dtype = x.dtype
     w = None
     if weight is not None:
-        w = as_float_array(weight, "weight", "a floating-point array of class weights")
-        sem.check_class_weight(w.shape, layout.num_classes)
-        w = w.astype(cd)
+        w = as_class_weight(weight, layout.num_classes, x.dtype, probability=probability)
+    if probability:  # the loss takes the promoted dtype of all three, as in PyTorch
+        dtypes = (x.dtype, target.dtype) + (() if w is None else (w.dtype,))
+        cd, loss_dtype = compute_dtype(*dtypes), np.result_type(*dtypes)
+        rows_target = _kernel_layout(target, layout)
+    else:
+        cd, loss_dtype = compute_dtype(x.dtype), x.dtype
+        rows_target = as_class_indices(target, layout.num_classes, ignore_index).reshape(-1)
+    if w is not None:
+        w = w.astype(cd, copy=False)
 
-    rows_x = _rows_last(x, layout)
-    rows_target = _rows_last(target, layout) if probability else target.reshape(-1)
     loss_shape = layout.batch_shape if reduction == "none" else ()
     go = None
     if want_grad:
         go = as_grad_output(grad_output, loss_shape, cd)
         go = go.reshape(-1) if reduction == "none" else go[()]
-    grad = np.empty(rows_x.shape, dtype=x.dtype) if want_grad else None
+    # the gradient in the input's own layout: the kernel writes it in place, no copy after
+    grad = np.empty(x.shape, dtype=x.dtype) if want_grad else None
     per_row, denominator = _softmax_cross_entropy_rows(
-        rows_x, rows_target, probability=probability, weight=w, ignore_index=ignore_index,
-        reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
-        cd=cd, grad_output=go, grad_out=grad, target_shape=target.shape,
+        _kernel_layout(x, layout), rows_target, probability=probability, weight=w,
+        ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
+        z_loss=z_loss, softcap=softcap, cd=cd, grad_output=go,
+        grad_out=_kernel_layout(grad, layout) if want_grad else None,
     )
     with np.errstate(divide="ignore", invalid="ignore"):
         loss = _as_loss(sem.reduce_loss(per_row, reduction, denominator), layout.batch_shape,
                         loss_dtype)
-    if not want_grad:
-        return loss, None
-    return loss, _rows_back(grad, layout)
+    return loss, grad
 
 
 def _as_loss(loss: np.ndarray, batch_shape: tuple[int, ...], dtype: np.dtype) -> Any:
@@ -308,10 +360,15 @@ def cross_entropy(
     ``ignore_index``) and ``a = w ((1-eps) t + eps/C)`` for class probabilities ``t``.
 
     Args:
-        input: logits ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dK)``, floating point.
+        input: logits ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dK)``, floating point.  A
+            K-dimensional input is read where it lies (classes on axis 1), not copied.
         target: class indices of shape ``()``, ``(N,)`` or ``(N, d1, ..., dK)`` (any integer
-            dtype), or class probabilities of the input's shape (floating point).
-        weight: ``(C,)`` class weights.
+            dtype, range-checked in that dtype: a ``uint64`` of ``2**63`` or more is an
+            ``IndexError``), or class probabilities of the input's shape (floating point).
+        weight: ``(C,)`` class weights.  PyTorch's dtype rule: an array must have the
+            input's dtype for class-index targets (else ``TypeError``, also a
+            ``RuntimeError``); with probability targets it promotes the loss's dtype.  A
+            list carries no dtype and takes the input's.
         ignore_index: a class index whose elements add nothing to the loss and to the
             ``'mean'`` denominator (index targets only).
         reduction: ``'none'`` (the target's shape), ``'sum'``, or ``'mean'``: the sum divided
@@ -366,7 +423,7 @@ def cross_entropy_with_grad(
 
 def _nll_loss(input, target, weight, ignore_index, reduction, grad_output, want_grad):
     x = as_float_array(input, "input", "a floating-point array of log-probabilities")
-    layout = sem.class_layout(x.shape)
+    layout = sem.class_layout(x.shape, empty_batch_may_have_no_classes=True)
     target = _class_indices(np.asarray(target))
     sem.check_index_target_shape(layout, target.shape)
     reduction = sem.check_reduction(reduction)
@@ -374,16 +431,12 @@ def _nll_loss(input, target, weight, ignore_index, reduction, grad_output, want_
     cd = compute_dtype(x.dtype)
     w = None
     if weight is not None:
-        w = as_float_array(weight, "weight", "a floating-point array of class weights")
-        sem.check_class_weight(w.shape, layout.num_classes)
-        w = w.astype(cd)
-    rows = _rows_last(x, layout)
-    y = target.reshape(-1).astype(np.int64, copy=False)
-    _check_index_range(y, layout.num_classes, ignore_index, target.shape)
+        w = as_class_weight(weight, layout.num_classes, x.dtype, probability=False).astype(cd)
+    y = as_class_indices(target, layout.num_classes, ignore_index).reshape(-1)
     valid, w_y = sem.index_row_weights(y, ignore_index, w)
     w_y = w_y.astype(cd)
-    safe_y = np.where(valid, y, 0)
-    picked = rows[np.arange(rows.shape[0]), safe_y].astype(cd)
+    at_target = _target_positions(_kernel_layout(x, layout), np.where(valid, y, 0))
+    picked = _kernel_layout(x, layout)[at_target].astype(cd)
     # l_n = -w[y_n] x[n, y_n]; ignored elements are 0 even if their input is not finite
     per_row = np.where(valid, -w_y * picked, 0.0).astype(cd)
     denominator = sem.mean_denominator_index(w_y)
@@ -395,12 +448,12 @@ def _nll_loss(input, target, weight, ignore_index, reduction, grad_output, want_
     loss_shape = layout.batch_shape if reduction == "none" else ()
     go = as_grad_output(grad_output, loss_shape, cd)
     go = go.reshape(-1) if reduction == "none" else go[()]
-    # d l_n / d x[n, c] = -w[y_n] [c == y_n]
+    # d l_n / d x[n, c] = -w[y_n] [c == y_n], written straight into the input's layout
     with np.errstate(divide="ignore", invalid="ignore"):
         scale = go / denominator if reduction == "mean" else go
-        grad_rows = np.zeros(rows.shape, dtype=cd)
-        grad_rows[np.arange(rows.shape[0]), safe_y] = np.where(valid, -w_y * scale, 0.0)
-    return loss, _rows_back(grad_rows.astype(x.dtype, copy=False), layout)
+        grad = np.zeros(x.shape, dtype=x.dtype)
+        _kernel_layout(grad, layout)[at_target] = np.where(valid, -w_y * scale, 0.0)
+    return loss, grad
 
 
 def nll_loss(input: Any, target: Any, weight: Any = None, ignore_index: int = -100,
@@ -409,7 +462,9 @@ def nll_loss(input: Any, target: Any, weight: Any = None, ignore_index: int = -1
 
     Same as ``torch.nn.functional.nll_loss``: ``l_n = -w[y_n] input[n, y_n]`` (0 when
     ``y_n == ignore_index``); ``'mean'`` divides by ``sum_n w[y_n]`` over non-ignored elements.
-    The input is not checked to be log-probabilities (nor is it in PyTorch).
+    The input is not checked to be log-probabilities (nor is it in PyTorch).  A ``weight``
+    array must have the input's dtype (a list takes it), as in PyTorch; an empty batch may
+    have no classes, ``(0, 0)``: an empty ``'none'``, NaN ``'mean'``, 0 ``'sum'``.
 
     >>> float(nll_loss(np.log([[0.6, 0.2, 0.2]]), [2]))  # doctest: +ELLIPSIS
     1.6094379...
@@ -430,6 +485,8 @@ def nll_loss_with_grad(input: Any, target: Any, weight: Any = None, ignore_index
 
 
 def _same_shape(x: np.ndarray, target: np.ndarray) -> None:
+    """Binary cross-entropy takes no broadcasting: PyTorch raises ``ValueError`` for any
+    other target shape (a deprecation turned error), so does this."""
     if x.shape != target.shape:
         raise ValueError(
             f"target must have the input's shape {x.shape}, got shape {target.shape}"
@@ -443,14 +500,28 @@ def _broadcast_weight(weight: Any, shape: tuple[int, ...], name: str, cd: np.dty
     try:
         return np.broadcast_to(w.astype(cd), shape)
     except ValueError:
-        raise ValueError(
+        raise sem.ArgumentError(  # PyTorch: RuntimeError (the broadcast of an elementwise op)
             f"{name} must broadcast to the input's shape {shape}, got shape {w.shape}"
         ) from None
 
 
+def _sum_to_shape(g: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Sum a broadcast result back to an operand's ``shape`` (the chain rule of broadcasting):
+    over the leading axes the operand lacks and the axes where it has length 1."""
+    lead = g.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(shape)
+                                       if n == 1 and g.shape[lead + i] != 1)
+    return g.sum(axis=axes).reshape(shape) if axes else g
+
+
 def _reduce_elementwise(per_elem, reduction, denominator, grad, go, want_grad, dtype,
-                        out_dtype):
-    """Reduce an elementwise loss; scale its elementwise gradient ``grad`` by ``go``."""
+                        out_dtype, input_shape=None, input_dtype=None):
+    """Reduce an elementwise loss; scale its elementwise gradient ``grad`` by ``go``.
+
+    The gradient has the input's shape and dtype, as PyTorch's ``input.grad``: summed back
+    over the axes the target broadcast the input along (``input_shape``), rounded once to
+    ``input_dtype`` (default: ``out_dtype``).
+    """
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         loss = sem.reduce_loss(per_elem, reduction, denominator)
         loss = np.asarray(loss).astype(out_dtype)
@@ -459,7 +530,10 @@ def _reduce_elementwise(per_elem, reduction, denominator, grad, go, want_grad, d
             return loss, None
         go = as_grad_output(go, per_elem.shape if reduction == "none" else (), dtype)
         scale = go / denominator if denominator is not None and reduction != "none" else go
-        return loss, (grad * scale).astype(out_dtype, copy=False)
+        grad = np.broadcast_to(grad * scale, per_elem.shape)
+        if input_shape is not None:
+            grad = _sum_to_shape(grad, input_shape)
+        return loss, grad.astype(input_dtype or out_dtype)
 
 
 def _binary_cross_entropy(input, target, weight, reduction, grad_output, want_grad):
@@ -490,7 +564,7 @@ def _binary_cross_entropy(input, target, weight, reduction, grad_output, want_gr
         grad = grad * w if want_grad else None
     out = np.result_type(x.dtype, t.dtype)
     return _reduce_elementwise(per_elem, reduction, x.size if reduction == "mean" else None,
-                               grad, grad_output, want_grad, cd, out)
+                               grad, grad_output, want_grad, cd, out, input_dtype=x.dtype)
 
 
 def binary_cross_entropy(input: Any, target: Any, weight: Any = None,
@@ -553,7 +627,7 @@ def _binary_cross_entropy_with_logits(input, target, weight, reduction, pos_weig
         grad = grad * w if want_grad else None
     out = np.result_type(x.dtype, t.dtype)
     return _reduce_elementwise(per_elem, reduction, x.size if reduction == "mean" else None,
-                               grad, grad_output, want_grad, cd, out)
+                               grad, grad_output, want_grad, cd, out, input_dtype=x.dtype)
 
 
 def binary_cross_entropy_with_logits(input: Any, target: Any, weight: Any = None,
@@ -584,10 +658,24 @@ def binary_cross_entropy_with_logits_with_grad(
                                              grad_output, True)
 
 
+def _kl_times(prob: np.ndarray, term: np.ndarray, x: np.ndarray, no_mass: np.ndarray
+              ) -> np.ndarray:
+    """``prob * term``, except that a target with no probability mass (``no_mass``: a target
+    of 0, or a log-target of ``-inf``; not one whose ``exp`` merely underflows) adds 0
+    (``0 log 0 = 0``) on an input that is a log-probability, ``-inf`` included.  An input of
+    ``+inf`` (no log-probability) or NaN keeps PyTorch's NaN: ``0 * inf``, ``0 * nan``."""
+    return np.where(no_mass & ~(np.isnan(x) | (x == np.inf)), 0.0, prob * term)
+
+
 def _kl_div(input, target, reduction, log_target, grad_output, want_grad):
     x = as_float_array(input, "input", "a floating-point array of log-probabilities")
     t = as_float_array(target, "target", "a floating-point array of probabilities")
-    _same_shape(x, t)
+    try:  # the target broadcasts against the input (and the input against it), as in PyTorch
+        out_shape = np.broadcast_shapes(x.shape, t.shape)
+    except ValueError:
+        raise sem.ArgumentError(
+            f"target must broadcast against the input's shape {x.shape}, got shape {t.shape}"
+        ) from None
     reduction = sem.check_reduction(reduction, sem.KL_REDUCTIONS)
     if not isinstance(log_target, (bool, np.bool_)):
         raise TypeError(f"log_target must be a bool, got {describe(log_target)}")
@@ -605,18 +693,19 @@ def _kl_div(input, target, reduction, log_target, grad_output, want_grad):
         if log_target:
             # exp(t) (t - x); a target log-probability of -inf adds 0 (PyTorch: NaN)
             prob = np.exp(tc)
-            per_elem = _times(prob, tc - xc)
+            per_elem = _kl_times(prob, tc - xc, xc, tc == -np.inf)
         else:
             # xlogy(t, t) - t x; t = 0 adds 0 even where x = -inf (PyTorch: NaN); t < 0 is NaN
             prob = tc
             t_log_t = np.where(tc == 0, 0.0, tc * np.log(tc))
-            per_elem = t_log_t - _times(tc, xc)
+            per_elem = t_log_t - _kl_times(tc, xc, xc, tc == 0)
         grad = -prob if want_grad else None
-    denominator = sem.kl_div_denominator(x.shape, reduction)
+    per_elem = np.broadcast_to(per_elem, out_shape)
+    denominator = sem.kl_div_denominator(x.shape, reduction, out_shape)
     reduce_as = "mean" if denominator is not None else reduction
     out = np.result_type(x.dtype, t.dtype)
     return _reduce_elementwise(per_elem, reduce_as, denominator, grad, grad_output, want_grad,
-                               cd, out)
+                               cd, out, x.shape, x.dtype)
 
 
 def kl_div(input: Any, target: Any, reduction: str = "mean", log_target: bool = False) -> Any:
@@ -627,8 +716,10 @@ def kl_div(input: Any, target: Any, reduction: str = "mean", log_target: bool = 
     .. math:: \ell = t (\log t - \log q) \quad\text{or, with log\_target,}\quad
         e^{t} (t - \log q)
 
+    ``target`` broadcasts against ``input`` (either way, as in PyTorch): the pointwise loss
+    has the broadcast shape and the gradient the input's, summed over the broadcast axes.
     ``'batchmean'`` divides the sum by ``input.shape[0]`` (the KL divergence per sample),
-    ``'mean'`` by the element count (with a warning, as in PyTorch).
+    ``'mean'`` by the pointwise loss's element count (with a warning, as in PyTorch).
 
     >>> p = log_softmax(np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 1.0]]))
     >>> round(float(kl_div(p, [[0.2, 0.3, 0.5], [0.5, 0.5, 0.0]], reduction="batchmean")), 6)
