@@ -402,6 +402,14 @@ def test_weight_must_have_the_inputs_dtype(x_dtype, w_dtype):
         ct.cross_entropy(x, y, weight=torch.ones(4, dtype=w_dtype))
     with pytest.raises(RuntimeError, match="weight must have the input's dtype"):
         ct.linear_cross_entropy(x, x, y, weight=torch.ones(3, dtype=w_dtype))
+    # probability targets take any floating weight, which promotes the loss (PyTorch's rule)
+    p = torch.softmax(torch.randn(3, 4), 1).to(x_dtype)
+    w = torch.linspace(0.5, 2, 4, dtype=w_dtype)
+    theirs = F.cross_entropy(x, p, weight=w)
+    ours = ct.cross_entropy(x, p, weight=w)
+    assert ours.dtype == theirs.dtype
+    torch.testing.assert_close(ours, theirs, rtol=1e-2 if x_dtype == torch.bfloat16 else 1e-6,
+                               atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------

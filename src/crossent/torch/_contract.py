@@ -74,9 +74,10 @@ def autocast_dtype(device: torch.device, *dtypes: torch.dtype) -> torch.dtype | 
 
 
 def check_class_weight_dtype(weight: torch.Tensor, input_dtype: torch.dtype,
-                             autocast: torch.dtype | None) -> None:
-    """PyTorch requires the class weight in the input's dtype (both are cast to float32
-    under autocast, so any castable floating dtype is accepted there)."""
+                             probability: bool, autocast: torch.dtype | None) -> None:
+    """PyTorch's rule (:func:`crossent._semantics.check_class_weight_dtype`): with class
+    indices the weight has the input's dtype; probability targets accept any and promote
+    the loss.  Under autocast both are cast to float32, so any castable dtype is accepted."""
     if autocast is not None:
         if weight.dtype not in FLOAT_DTYPES or weight.dtype == torch.float64:
             raise sem.ArgumentTypeError(
@@ -84,11 +85,16 @@ def check_class_weight_dtype(weight: torch.Tensor, input_dtype: torch.dtype,
                 f"{dtype_name(weight)}"
             )
         return
-    if weight.dtype != input_dtype:
-        raise sem.ArgumentTypeError(
-            f"weight must have the input's dtype {dtype_name(input_dtype)} (as in "
-            f"F.cross_entropy), got {dtype_name(weight)}"
-        )
+    sem.check_class_weight_dtype(weight.dtype, input_dtype, probability)
+
+
+def probability_target_dtype(target: torch.Tensor, weight: torch.Tensor | None
+                             ) -> torch.dtype:
+    """The dtype probability targets are computed in: a class weight of higher precision
+    promotes them (and so the loss and its precision), as in PyTorch."""
+    if weight is None:
+        return target.dtype
+    return torch.promote_types(target.dtype, weight.dtype)
 
 
 def index_target_as_int64(target: torch.Tensor, num_classes: int, ignore_index: int,

@@ -42,7 +42,7 @@ class _Call:
 
 
 #: Executors that compute ``(N, C, S)`` logits with the classes on axis 1 (no copy).
-_STRIDED_IMPLS = ("torch",)
+_STRIDED_IMPLS = ("cpu", "torch")
 
 
 def _run(logits, target, weight, call: _Call, want_grad: bool):
@@ -234,8 +234,10 @@ def cross_entropy(
         softcap: Gemma-2 style logit soft-capping (keyword).
         inplace_backward: write the gradient into ``input``'s memory (its values are
             destroyed), so forward + backward need no second ``N x C`` tensor (keyword).
-            ``(N, C, d1..dK)`` inputs are first copied to class-last rows; that copy is
-            what gets consumed, and a backward through the graph can run only once.
+            A backward through the graph can then run only once, and memory that anything
+            else needs is refused: a leaf that requires grad (or a view of one), rows that
+            overlap, logits another autograd op saved.  ``(N, C, d1..dK)`` inputs are
+            consumed where they lie (with ``impl="triton"`` a class-last copy is).
         impl: ``"auto"``, ``"cpu"``, ``"torch"`` or ``"triton"`` (keyword); see
             :mod:`crossent.torch._impl`.
 
@@ -299,7 +301,7 @@ def cross_entropy(
             raise sem.ArgumentError(
                 f"weight must be on the input's device {input.device}, got {weight.device}"
             )
-        contract.check_class_weight_dtype(weight, input.dtype, autocast)
+        contract.check_class_weight_dtype(weight, input.dtype, probability, autocast)
         if weight.requires_grad and grad_on and not probability:
             raise RuntimeError(
                 "crossent.torch.cross_entropy is not differentiable with respect to weight "
@@ -334,6 +336,7 @@ def cross_entropy(
     if logits.stride(-1) != 1:
         logits = logits.contiguous()
     if probability:
+        rows_target = rows_target.to(contract.probability_target_dtype(target, weight))
         rows_target = rows_target.contiguous()
     else:
         rows_target = contract.index_target_as_int64(
@@ -343,7 +346,7 @@ def cross_entropy(
         if weight is not None:
             weight = weight.to(autocast)
     else:
-        loss_dtype = torch.promote_types(input.dtype, target.dtype) if probability \
+        loss_dtype = torch.promote_types(input.dtype, rows_target.dtype) if probability \
             else input.dtype
     call = _Call(reduction, probability, ignore_index, label_smoothing, z_loss, softcap,
                  inplace_backward, impl, tuple(target.shape), loss_dtype)

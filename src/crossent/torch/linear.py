@@ -472,7 +472,8 @@ def linear_cross_entropy(
                 f"linear_bias must have the input's dtype {contract.dtype_name(input)}, got "
                 f"{contract.dtype_name(linear_bias)}")
     lead = tuple(input.shape[:-1])
-    sem.check_target_batch(tuple(input.shape), tuple(target.shape))
+    if input.ndim <= 2:  # PyTorch's own shapes; (B, T, D) is crossent's, checked below
+        sem.check_target_batch(tuple(input.shape), tuple(target.shape))
     loss_shape = lead + out_spatial  # one loss per row and spatial position
     probability_shape = lead + (classes,) + out_spatial
     probability = tuple(target.shape) == probability_shape
@@ -509,7 +510,7 @@ def linear_cross_entropy(
             raise sem.ArgumentTypeError(
                 f"weight must be floating point, got {contract.dtype_name(weight)}")
         sem.check_class_weight(tuple(weight.shape), classes)
-        contract.check_class_weight_dtype(weight, input.dtype, autocast)
+        contract.check_class_weight_dtype(weight, input.dtype, probability, autocast)
         if weight.requires_grad and torch.is_grad_enabled() and not probability:
             raise RuntimeError(
                 "crossent.torch.linear_cross_entropy is not differentiable with respect to "
@@ -550,6 +551,7 @@ def linear_cross_entropy(
     if probability:
         moved = target.movedim(len(lead), -1) if out_spatial else target
         rows_target = moved.reshape(-1, classes).contiguous()
+        rows_target = rows_target.to(contract.probability_target_dtype(target, weight))
     else:
         rows_target = contract.index_target_as_int64(
             target.reshape(-1), classes, ignore_index, tuple(target.shape))
@@ -558,7 +560,7 @@ def linear_cross_entropy(
     if autocast is not None:
         loss_dtype = autocast
     else:
-        loss_dtype = torch.promote_types(input.dtype, target.dtype) if probability \
+        loss_dtype = torch.promote_types(input.dtype, rows_target.dtype) if probability \
             else input.dtype
     call = _Call(reduction, params, chunk, impl, tuple(loss_shape) or (1,), classes,
                  loss_dtype, (h.dtype, w.dtype, b.dtype if b is not None else None))
