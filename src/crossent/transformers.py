@@ -68,7 +68,7 @@ __all__ = ["patch", "unpatch", "is_patched", "causal_lm_loss", "UnsupportedModel
 _STATE = "_crossent_patch"
 
 
-class UnsupportedModelError(TypeError):
+class UnsupportedModelError(ValueError):
     """The model cannot compute its loss through linear_cross_entropy; the message says why."""
 
 
@@ -104,7 +104,7 @@ class _PatchState:
     options: _Options
     #: the instance's own ``forward`` before patching (accelerate's wrapper, say); None: the class's
     previous_forward: Any
-    #: the instance's own ``_loss_function`` before patching; _MISSING: none
+    #: the instance's own ``_loss_function`` before patching (None: none)
     previous_loss_function: Any
     #: position of ``labels`` among the forward's parameters (for a positional call)
     labels_position: int
@@ -112,9 +112,6 @@ class _PatchState:
     handles: list = dataclasses.field(default_factory=list)
     #: False once unpatched while another wrapper sits on top of ours: we only pass through
     active: bool = True
-
-
-_MISSING = object()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -206,11 +203,11 @@ def patch(model, *, z_loss: float = 0.0, label_smoothing: float = 0.0,
         state = _PatchState(
             options=options,
             previous_forward=model.__dict__.get("forward"),
-            previous_loss_function=model.__dict__.get("_loss_function", _MISSING),
+            previous_loss_function=model.__dict__.get("_loss_function"),
             labels_position=parameters.index("labels") - 1,  # without self
         )
         model.__dict__[_STATE] = state
-        model.forward = types.MethodType(_patched_forward, model)
+        model.forward = _bound_patched_forward(model)
     state.options = options
     state.active = True
     _attach_head(state, head)
@@ -226,12 +223,13 @@ def unpatch(model):
         return model
     _detach_head(state)
     if model.__dict__.get("_loss_function") is causal_lm_loss:
-        if state.previous_loss_function is _MISSING:
+        if state.previous_loss_function is None:
             del model._loss_function
         else:
             model._loss_function = state.previous_loss_function
     forward = model.__dict__.get("forward")
-    if getattr(forward, "__func__", None) is _patched_forward and forward.__self__ is model:
+    if (getattr(getattr(forward, "__func__", None), "_crossent_patched", False)
+            and forward.__self__ is model):
         if state.previous_forward is None:
             del model.forward
         else:
@@ -344,6 +342,20 @@ def _labels_argument(state: _PatchState, args, kwargs):
     if "labels" in kwargs:
         return kwargs["labels"]
     return args[state.labels_position] if len(args) > state.labels_position else None
+
+
+def _bound_patched_forward(model):
+    """:func:`_patched_forward` bound to ``model``, showing the signature of the model's own
+    forward (``Trainer`` reads it to decide which columns and loss arguments to pass)."""
+
+    def forward(self, *args, **kwargs):
+        return _patched_forward(self, *args, **kwargs)
+
+    forward.__signature__ = inspect.signature(type(model).forward)
+    forward.__doc__ = type(model).forward.__doc__
+    forward.__name__ = forward.__qualname__ = "forward"
+    forward._crossent_patched = True
+    return types.MethodType(forward, model)
 
 
 def _patched_forward(self, *args, **kwargs):
