@@ -165,7 +165,8 @@ def test_num_items_in_batch_logits_to_keep_shift_labels_and_tuples(arch):
         else:
             assert out.logits is None, case
             out, ref = out.loss, ref.loss
-        torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6, msg=lambda m, c=case: f"{c}: {m}")
+        torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6,
+                                   msg=lambda m, c=case: f"{c}: {m}")
         assert_same_grads(grads, ref_grads)
 
 
@@ -174,7 +175,8 @@ def test_labels_passed_positionally():
     inputs = batch()
     ref = model(**inputs).loss
     patch(model)
-    # LlamaForCausalLM.forward(input_ids, attention_mask, position_ids, cache, inputs_embeds, labels)
+    # LlamaForCausalLM.forward(input_ids, attention_mask, position_ids, cache, inputs_embeds,
+    #                          labels, ...)
     out = model(inputs["input_ids"], inputs["attention_mask"], None, None, None, inputs["labels"])
     assert out.logits is None
     torch.testing.assert_close(out.loss, ref)
@@ -457,7 +459,8 @@ def _tiny(config_name, model_name, **kwargs):
     (lambda: _tiny("LlamaConfig", "LlamaForSequenceClassification", **_DECODER),
      "LlamaForSequenceClassification .*no output embeddings"),
     (lambda: _tiny("T5Config", "T5ForConditionalGeneration", vocab_size=V, d_model=16,
-                   d_kv=4, d_ff=32, num_layers=1, num_heads=2), "T5ForConditionalGeneration .*encoder-decoder"),
+                   d_kv=4, d_ff=32, num_layers=1, num_heads=2),
+     "T5ForConditionalGeneration .*encoder-decoder"),
 ])
 def test_an_unsupported_model_is_refused_by_name(make, reason):
     with pytest.raises(UnsupportedModelError, match=reason):
