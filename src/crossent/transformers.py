@@ -140,11 +140,9 @@ def _check_head(name: str, head) -> None:
 def _check_supported(model) -> torch.nn.Module:
     """The output embeddings of a model that :func:`patch` supports; raises otherwise."""
     if not isinstance(model, transformers.PreTrainedModel):
-        hint = (" (a PEFT model? patch model.get_base_model())"
-                if callable(getattr(model, "get_base_model", None)) else "")
         raise UnsupportedModelError(
             f"patch expects a Hugging Face transformers PreTrainedModel, got "
-            f"{type(model).__qualname__}{hint}")
+            f"{type(model).__qualname__}")
     name = _model_name(model)
     if getattr(model.config, "is_encoder_decoder", False):
         raise UnsupportedModelError(
