@@ -53,8 +53,8 @@ def _cce_patch():
     try:
         from cut_cross_entropy.transformers import cce_patch
     except ImportError as exc:
-        return None, (f"cut-cross-entropy {installed} has no cce_patch ({exc}); the PyPI "
-                      "release ships only the op, the patch is in its GitHub sources")
+        return None, (f"cut-cross-entropy {installed} has no cce_patch ({exc.name} is "
+                      "missing: its PyPI release ships the op only)")
     return cce_patch, None
 
 

@@ -152,6 +152,11 @@ def _check_supported(model) -> torch.nn.Module:
         raise UnsupportedModelError(
             f"{name} cannot be patched: its forward takes no labels, so it computes no "
             "language-model loss (load it as a ...ForCausalLM class)")
+    if getattr(getattr(type(model), "loss_function", None), "fset", None) is None:
+        raise UnsupportedModelError(
+            f"{name} cannot be patched: transformers {transformers.__version__} cannot set a "
+            "loss_function on one model instance; crossent.transformers needs transformers "
+            ">= 4.57 (pip install 'crossent[transformers]')")
     head = model.get_output_embeddings()
     _check_head(name, head)
     loss_function = model.loss_function
