@@ -401,7 +401,7 @@ def test_patch_is_per_instance_idempotent_and_unpatch_restores():
     assert type(model).forward is transformers.LlamaForCausalLM.forward
     assert unpatch(model) is model and not ct.is_patched(model)
     assert _hooks(model.lm_head) == 0
-    assert "forward" not in model.__dict__ and "_loss_function" not in model.__dict__
+    assert not {"forward", "_loss_function", "_replicate_for_data_parallel"} & set(model.__dict__)
     restored = model(**inputs)
     torch.testing.assert_close(restored.logits, ref.logits)
     torch.testing.assert_close(restored.loss, ref.loss)
@@ -421,6 +421,16 @@ def test_unpatch_under_a_later_wrapper_leaves_a_pass_through():
     patch(model)  # patched again through the same state
     assert model(**inputs).logits is None
     assert _hooks(model.lm_head) == 2
+
+
+def test_data_parallel_replication_is_refused():
+    """nn.DataParallel copies the instance's __dict__ (our forward, bound to the original) into
+    its replicas: refused by name (replicate() itself needs CUDA devices)."""
+    model = patch(build("llama"))
+    with pytest.raises(UnsupportedModelError, match="LlamaForCausalLM .*DataParallel"):
+        model._replicate_for_data_parallel()
+    unpatch(model)
+    assert model._replicate_for_data_parallel()._is_replica
 
 
 def test_a_deep_copy_is_patched_on_its_own_parameters():

@@ -211,6 +211,9 @@ def patch(model, *, z_loss: float = 0.0, label_smoothing: float = 0.0,
         )
         model.__dict__[_STATE] = state
         model.forward = _bound_patched_forward(model)
+        # nn.DataParallel (Trainer on several GPUs without torchrun) copies the instance's
+        # __dict__ into each replica, our forward included, still bound to this model
+        model.__dict__["_replicate_for_data_parallel"] = _RefuseReplication(_model_name(model))
     state.options = options
     state.active = True
     _attach_head(state, head)
@@ -225,6 +228,8 @@ def unpatch(model):
     if state is None:
         return model
     _detach_head(state)
+    if isinstance(model.__dict__.get("_replicate_for_data_parallel"), _RefuseReplication):
+        del model.__dict__["_replicate_for_data_parallel"]
     if model.__dict__.get("_loss_function") is causal_lm_loss:
         if state.previous_loss_function is None:
             del model._loss_function
@@ -243,6 +248,19 @@ def unpatch(model):
         # ours stays inside that wrapper as a pass-through
         state.active = False
     return model
+
+
+class _RefuseReplication:
+    """``nn.DataParallel``'s replication of a patched model: refused, loudly."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __call__(self):
+        raise UnsupportedModelError(
+            f"a patched {self.name} cannot be replicated by torch.nn.DataParallel (its replicas "
+            "would run this model's forward); use DistributedDataParallel (torchrun, "
+            "accelerate launch), or unpatch(model)")
 
 
 def is_patched(model) -> bool:
