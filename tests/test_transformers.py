@@ -575,6 +575,13 @@ def test_logits_to_keep_with_the_full_labels_is_refused_as_unpatched():
         model(**batch(), logits_to_keep=4)
 
 
+def test_without_transformers_the_import_names_the_extra(monkeypatch):
+    monkeypatch.delitem(sys.modules, "crossent.transformers")
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers now fails
+    with pytest.raises(ImportError, match=r"pip install 'crossent\[transformers\]'"):
+        import crossent.transformers  # noqa: F401
+
+
 # ------------------------------------------------------------------------------------------------
 # the example script and the documentation's examples
 

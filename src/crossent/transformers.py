@@ -34,7 +34,12 @@ whose forward takes ``labels``, whose output embeddings are a plain ``torch.nn.L
 steps (never calls the output embeddings, does something else to the logits, computes its loss
 some other way) raises it at the first forward with labels.  Nothing is silently left unpatched.
 Tested on Llama, Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3 (text), Phi-3, GPT-2 (tied input and
-output embeddings), Cohere, Granite and Mixtral.
+output embeddings), Cohere, Granite and Mixtral, with transformers 4.57.6 and 5.24.0.
+
+Instance only: the patch lives in the instance's ``__dict__`` (its ``forward``, its
+``_loss_function``, two hooks on its output layer), so other instances of the class and the
+class itself are untouched, ``copy.deepcopy`` gives a patched copy on its own parameters, and
+``nn.DataParallel``, whose replicas would share the instance's forward, is refused.
 """
 
 from __future__ import annotations
