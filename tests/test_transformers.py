@@ -205,6 +205,21 @@ def test_gradient_checkpointing():
     assert_same_grads(grads, ref_grads)
 
 
+def test_under_torch_compile_a_forward_with_labels_runs_eagerly():
+    model = build("llama")
+    inputs = batch()
+    ref, ref_grads = loss_and_grads(model, **inputs)
+    compiled = torch.compile(patch(model), backend="eager")  # dynamo only: quick on CPU
+    out, grads = loss_and_grads(compiled, **inputs)
+    grads = {name.removeprefix("_orig_mod."): g for name, g in grads.items()}
+    assert out.logits is None
+    torch.testing.assert_close(out.loss, ref.loss)
+    assert_same_grads(grads, ref_grads)
+    logits = compiled(input_ids=inputs["input_ids"],  # without labels: compiled as usual
+                      attention_mask=inputs["attention_mask"]).logits
+    torch.testing.assert_close(logits, ref.logits)
+
+
 def test_labels_passed_positionally():
     model = build("llama")
     inputs = batch()

@@ -392,6 +392,14 @@ def _patched_forward(self, *args, **kwargs):
     if (not state.active or (state.options.train_only and not self.training)
             or _labels_argument(state, args, kwargs) is None):
         return forward(*args, **kwargs)
+    return _captured_forward(self, state, forward, args, kwargs)
+
+
+# torch.compile cannot trace the stand-in for the logits: a forward with labels runs eagerly
+# (a graph break around it; modules compiled on their own inside it stay compiled)
+@torch.compiler.disable
+def _captured_forward(self, state: _PatchState, forward, args, kwargs):
+    """``forward(*args, **kwargs)`` with the output layer and the loss taken over."""
     head = self.get_output_embeddings()
     if head is not state.head:  # replaced since patching (resize_token_embeddings, say)
         _check_head(_model_name(self), head)
