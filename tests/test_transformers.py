@@ -165,6 +165,9 @@ def test_num_items_in_batch_logits_to_keep_shift_labels_and_tuples(arch):
         # Trainer's gradient accumulation: 'sum' over the tokens / the tokens of all micro-batches
         "num_items tensor": dict(inputs, num_items_in_batch=torch.tensor(37)),
         "num_items int": dict(inputs, num_items_in_batch=23),
+        # a micro-batch with nothing to learn: loss 0 and zero gradients, not NaN
+        "num_items, all ignored": dict(inputs, labels=torch.full_like(labels, -100),
+                                       num_items_in_batch=torch.tensor(5)),
         # the kept positions' labels, shifted inside them
         "logits_to_keep int": dict(inputs, logits_to_keep=6, labels=labels[:, -6:]),
         "logits_to_keep positions": dict(inputs, logits_to_keep=torch.tensor([0, 4, 5, 9]),
