@@ -519,3 +519,17 @@ def test_backward_allocates_no_logits_sized_tensor(inplace):
     w = torch.randn(classes, 32, requires_grad=True)
     loss = ct.linear_cross_entropy(h, w, torch.randint(0, classes, (rows,)))
     assert _bytes_allocated_by(loss.backward) < 32 * classes * 4 // 8
+
+
+def test_linear_loss_dtype_gives_the_float32_loss_of_upcast_logits():
+    g = torch.Generator().manual_seed(4)
+    h = torch.randn(16, 8, generator=g).bfloat16()
+    w = torch.randn(50, 8, generator=g).bfloat16()
+    y = torch.randint(0, 50, (16,), generator=g)
+    ours = ct.linear_cross_entropy(h, w, y, loss_dtype=torch.float32)
+    theirs = F.cross_entropy(F.linear(h, w).float(), y)  # Hugging Face's upcast
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    assert ct.linear_cross_entropy(h, w, y).dtype == torch.bfloat16  # PyTorch's rule otherwise
+    with pytest.raises(TypeError, match="loss_dtype"):
+        ct.linear_cross_entropy(h, w, y, loss_dtype=torch.int64)

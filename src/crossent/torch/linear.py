@@ -393,6 +393,7 @@ def linear_cross_entropy(
     chunk_size: int | None = None,
     options: Any = None,
     impl: str = "auto",
+    loss_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     r"""Cross-entropy of a linear layer's output, without materialising the logits.
 
@@ -421,6 +422,11 @@ def linear_cross_entropy(
         options: a ``torch.nn.LinearCrossEntropyOptions`` (only ``batch_chunk_size`` is used).
         impl: the cross-entropy executor for each chunk (``"auto"``, ``"cpu"``, ``"torch"``,
             ``"triton"``).
+        loss_dtype: the dtype of the returned loss; None follows PyTorch (the input's dtype,
+            float32 under autocast).  ``torch.float32`` gives half-precision inputs the loss of
+            ``F.cross_entropy(logits.float(), ...)``, what Hugging Face's causal-LM loss
+            returns, without its float32 copy of the logits: the loss is always computed in
+            float32 (float64 for float64 inputs) and only rounded to ``loss_dtype``.
 
     >>> import torch
     >>> h = torch.tensor([[1.0, 0.0], [0.0, 1.0]]); W = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
@@ -557,7 +563,12 @@ def linear_cross_entropy(
             target.reshape(-1), classes, ignore_index, tuple(target.shape))
     params = CrossEntropyParams(probability=probability, ignore_index=ignore_index,
                                 label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
-    if autocast is not None:
+    if loss_dtype is not None:
+        if not isinstance(loss_dtype, torch.dtype) or loss_dtype not in contract.FLOAT_DTYPES:
+            raise TypeError(f"loss_dtype must be None or one of "
+                            f"{', '.join(map(contract.dtype_name, contract.FLOAT_DTYPES))}, "
+                            f"got {loss_dtype!r}")
+    elif autocast is not None:
         loss_dtype = autocast
     else:
         loss_dtype = torch.promote_types(input.dtype, rows_target.dtype) if probability \

@@ -68,7 +68,7 @@ class LinearCrossEntropyLoss(nn.Module):
                  ignore_index: int | None = -100, label_smoothing: float = 0.0, *,
                  z_loss: float = 0.0, softcap: float | None = None,
                  chunk_size: int | None = None, options: object = None,
-                 impl: str = "auto") -> None:
+                 impl: str = "auto", loss_dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.register_buffer("weight", weight)
         self.reduction = sem.check_reduction(reduction)
@@ -79,6 +79,7 @@ class LinearCrossEntropyLoss(nn.Module):
         self.chunk_size = chunk_size
         self.options = options
         self.impl = impl
+        self.loss_dtype = loss_dtype
 
     def forward(self, input: torch.Tensor, linear_weight: torch.Tensor, target: torch.Tensor,
                 linear_bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -87,4 +88,5 @@ class LinearCrossEntropyLoss(nn.Module):
             reduction=self.reduction, ignore_index=self.ignore_index,
             label_smoothing=self.label_smoothing, z_loss=self.z_loss, softcap=self.softcap,
             chunk_size=self.chunk_size, options=self.options, impl=self.impl,
+            loss_dtype=self.loss_dtype,
         )
