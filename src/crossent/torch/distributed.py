@@ -172,10 +172,9 @@ def _make_exchange(combine: Any, group: Group) -> tuple[_Exchange, int | None, i
     group = _require_group(group)
     size, rank = _group_size_and_rank(group)
     how = combine
-    if size == 1:
-        how = "local"
-    elif how == "auto":
-        how = "all_gather" if size <= GATHER_MAX_RANKS else "all_reduce"
+    if how == "auto":  # one rank needs no collective; an explicit choice is kept
+        how = ("local" if size == 1 else "all_gather" if size <= GATHER_MAX_RANKS
+               else "all_reduce")
     return _Exchange(how, group, size), size, rank
 
 
@@ -805,7 +804,7 @@ def _reduce_input_grad(dh: torch.Tensor, exchange: _Exchange, sequence_parallel:
     if exchange.how == "injected":
         return exchange.injected.all_reduce(dh)
     if sequence_parallel:
-        return funcol.reduce_scatter_tensor(dh.contiguous(), "sum", 0, exchange.group)
+        return funcol.reduce_scatter_single(dh.contiguous(), "sum", 0, exchange.group)
     return funcol.all_reduce(dh.contiguous(), "sum", exchange.group)
 
 
@@ -1127,15 +1126,20 @@ def _dtensor_linear_cross_entropy(input, linear_weight, target, *, group, linear
         raise ValueError(f"linear_weight must be Replicate on the mesh dimensions other "
                          f"than the tensor-parallel one, got {w_placements}")
     _, offset = compute_local_shape_and_global_offset(linear_weight.shape, mesh, w_placements)
-    w_local = linear_weight.to_local()
+    in_placements = (tuple(input.placements) if _is_dtensor(input)
+                     else tuple(dtensor.Replicate() for _ in range(mesh.ndim)))
+    batch_dims = [i for i, p in enumerate(in_placements) if i != tp_dim and p.is_shard()]
+    # rows sharded over a batch dimension give each rank a part of the head's gradient: the
+    # gradient is Partial there (summed over those ranks), not Replicate
+    grad_placements = [dtensor.Partial() if i in batch_dims else p
+                       for i, p in enumerate(w_placements)]
+    w_local = linear_weight.to_local(grad_placements=grad_placements)
     b_local = linear_bias
     if linear_bias is not None:
         if not _is_dtensor(linear_bias) or tuple(linear_bias.placements) != w_placements:
             raise ValueError(f"linear_bias must be a DTensor with linear_weight's placements "
                              f"{w_placements}")
-        b_local = linear_bias.to_local()
-    in_placements = (tuple(input.placements) if _is_dtensor(input)
-                     else tuple(dtensor.Replicate() for _ in range(mesh.ndim)))
+        b_local = linear_bias.to_local(grad_placements=grad_placements)
     if _is_dtensor(input):
         if input.device_mesh != mesh:
             raise ValueError("input must be on linear_weight's device mesh")
@@ -1154,7 +1158,6 @@ def _dtensor_linear_cross_entropy(input, linear_weight, target, *, group, linear
         h_local = input.to_local()
     else:
         h_local = input
-    batch_dims = [i for i, p in enumerate(in_placements) if i != tp_dim and p.is_shard()]
     target_local = target.to_local() if _is_dtensor(target) else target
     weight = _check_weight(weight, h_local.device)
     if num_classes is None:
