@@ -35,6 +35,7 @@ SPLITS = [
     ("world-3-one-column", [0, 11, 12, 23], 0),
     ("world-8-padded", [0, 3, 4, 7, 11, 15, 18, 22, 26], 3),
     ("world-4-padding-only-rank", [0, 8, 16, 23, 28], 5),
+    ("world-3-empty-rank", [0, 9, 9, 23], 0),  # more ranks than classes leaves one empty
 ]
 
 
@@ -158,19 +159,22 @@ def test_low_precision_logits(dtype, within_torch_error):
     within_torch_error(grad, same_grad, ref_grad, what="gradient")
 
 
-def test_language_model_shapes():
-    """(B, T, V_local) logits and (B, T) targets, as a language model's head gives them;
-    'none' returns (B, T)."""
+@pytest.mark.parametrize("target_dtype", [torch.int64, torch.int32, torch.uint8])
+def test_language_model_shapes(target_dtype):
+    """(B, T, V_local) logits and (B, T) targets of any integer dtype, as a language model's
+    head gives them; 'none' returns (B, T)."""
     x = torch.randn(2, 5, CLASSES, dtype=torch.float64)
     y = torch.randint(0, CLASSES, (2, 5))
-    y[0, 1] = -100
+    if target_dtype != torch.uint8:  # uint8 cannot hold -100
+        y[0, 1] = -100
     bounds = [0, 10, CLASSES]
     shards = ThreadedShards(2)
 
     def rank_fn(rank, combine):
         a, b = bounds[rank], bounds[rank + 1]
         xs = x[..., a:b].clone().requires_grad_()
-        loss = vocab_parallel_cross_entropy(xs, y, vocab_start=a, num_classes=CLASSES,
+        target = y.to(target_dtype)
+        loss = vocab_parallel_cross_entropy(xs, target, vocab_start=a, num_classes=CLASSES,
                                             reduction="none", combine=combine)
         loss.sum().backward()
         return loss.detach(), xs.grad

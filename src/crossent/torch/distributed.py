@@ -534,6 +534,15 @@ def _check_target(target, logits_shape, probability, ignore_index, name="logits"
             f"{tuple(logits_shape)}, got {tuple(target.shape)}")
 
 
+def _resolve_shard_impl(impl: str, like: torch.Tensor, columns: int) -> str:
+    """The executor (crossent.torch's rule); a rank holding no class (a shard of 0 columns
+    when there are more ranks than classes) runs the portable one, which takes 0 columns."""
+    resolved = resolve_impl(impl, like.device, like.dtype)
+    if columns == 0 and resolved == "triton" and impl == "auto":
+        return "torch"
+    return resolved
+
+
 def _loss_dtype(input_dtype, target, probability, device):
     dtype = torch.promote_types(input_dtype, target.dtype) if probability else input_dtype
     if torch.is_autocast_enabled(device.type):  # cross-entropy runs in float32 under autocast
@@ -627,7 +636,7 @@ def vocab_parallel_cross_entropy(
         raise sem.ArgumentError(
             f"target must be on the logits' device {logits.device}, got {target.device}")
     weight = _check_weight(weight, logits.device)
-    impl = resolve_impl(impl, logits.device, logits.dtype)
+    impl = _resolve_shard_impl(impl, logits, logits.shape[-1])
     exchange, _, rank = _make_exchange(combine, group)
     local_columns = logits.shape[-1]
     vocab_start, num_classes = _resolve_layout(local_columns, vocab_start, num_classes, weight,
@@ -635,10 +644,13 @@ def vocab_parallel_cross_entropy(
     if inplace_backward:
         _check_inplace(logits)
 
-    rows = logits.reshape(-1, local_columns)
+    n_rows = math.prod(logits.shape[:-1])
+    rows = logits.reshape(n_rows, local_columns)
     if local_columns > 1 and rows.stride(-1) != 1:
         rows = rows.contiguous()
-    rows_target = (target.reshape(-1, local_columns) if probability else target.reshape(-1))
+    # class indices as int64 (what gather and the kernels index with), whatever integer dtype
+    rows_target = (target.reshape(n_rows, local_columns) if probability
+                   else target.reshape(n_rows).to(torch.int64))
     if probability and local_columns > 1 and rows_target.stride(-1) != 1:
         rows_target = rows_target.contiguous()
     setup = _Setup(
@@ -973,7 +985,7 @@ def vocab_parallel_linear_cross_entropy(
             raise sem.ArgumentError(
                 f"{name} must be on the input's device {input.device}, got {t.device}")
     weight = _check_weight(weight, input.device)
-    impl = resolve_impl(impl, input.device, input.dtype)
+    impl = _resolve_shard_impl(impl, linear_weight, local_columns)
     vocab_start, num_classes = _resolve_layout(local_columns, vocab_start, num_classes, weight,
                                                exchange, rank, input.device)
     rows = math.prod(gathered[:-1])
@@ -983,7 +995,8 @@ def vocab_parallel_linear_cross_entropy(
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
         chunk = min(chunk_size, max(rows, 1))
-    rows_target = (target.reshape(rows, local_columns) if probability else target.reshape(rows))
+    rows_target = (target.reshape(rows, local_columns) if probability
+                   else target.reshape(rows).to(torch.int64))
     autocast = torch.is_autocast_enabled(input.device.type)
     if autocast:  # the head's matmul in the autocast dtype, as F.linear would run it
         dtype = torch.get_autocast_dtype(input.device.type)
