@@ -307,6 +307,39 @@ def test_repeated_backward_gives_the_same_gradient_and_never_changes_old_ones():
     torch.testing.assert_close(first, xx.grad, rtol=1e-12, atol=1e-12)
 
 
+def test_linear_op_repeated_backward_and_func_grad():
+    """The linear op's gradients are fresh tensors every backward: a second backward (any
+    upstream gradient) is right and never rescales what the first returned."""
+
+    class OneRank:
+        def __call__(self, stats):
+            return stats
+
+        def all_reduce(self, t):
+            return t
+
+    g = gen(15)
+    h = torch.randn(7, 4, generator=g, dtype=torch.float64).requires_grad_()
+    W = torch.randn(CLASSES, 4, generator=g, dtype=torch.float64).requires_grad_()
+    y = torch.randint(0, CLASSES, (7,), generator=g)
+    kw = dict(vocab_start=0, num_classes=CLASSES, combine=OneRank(), label_smoothing=0.1)
+    loss = vocab_parallel_linear_cross_entropy(h, W, y, **kw)
+    first = torch.autograd.grad(loss, (h, W), torch.tensor(0.5, dtype=torch.float64),
+                                retain_graph=True)
+    kept = [t.clone() for t in first]
+    second = torch.autograd.grad(loss, (h, W), torch.tensor(-2.0, dtype=torch.float64))
+    for a, b, k in zip(first, second, kept):
+        assert torch.equal(a, k)
+        torch.testing.assert_close(b, -4 * a, rtol=1e-14, atol=1e-15)
+    ref = F.cross_entropy(h @ W.T, y, label_smoothing=0.1)
+    expected = torch.autograd.grad(ref, (h, W), torch.tensor(0.5, dtype=torch.float64))
+    for a, e in zip(first, expected):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
+    dh = torch.func.grad(lambda t: vocab_parallel_linear_cross_entropy(t, W.detach(), y,
+                                                                       **kw))(h.detach())
+    torch.testing.assert_close(dh, 2 * expected[0], rtol=1e-12, atol=1e-12)
+
+
 def test_func_grad_matches_autograd():
     x, target, _ = make_case(ROWS, CLASSES, OPTIONS[0][1], False, gen(11))
 
@@ -320,6 +353,8 @@ def test_func_grad_matches_autograd():
     torch.testing.assert_close(grad, xx.grad, rtol=1e-12, atol=1e-12)
 
 
+# torch loads its forward-AD decompositions with torch.jit.script on the first make_dual
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 def test_unsupported_transforms_say_so():
     x, target, _ = make_case(ROWS, CLASSES, OPTIONS[0][1], False, gen(12))
 

@@ -206,6 +206,38 @@ def test_dtensor_on_a_1d_mesh_and_a_2x2_data_tensor_mesh():
         torch.testing.assert_close(dw, W.grad, rtol=1e-13, atol=1e-13)
 
 
+def test_dtensor_sequence_parallel_linear_op():
+    """An input DTensor sharded on its rows over the tensor-parallel mesh means sequence
+    parallelism: gathered in forward, d input reduce-scattered back to this rank's rows."""
+    g = torch.Generator().manual_seed(8)
+    h = torch.randn(6, 3, 5, generator=g, dtype=torch.float64)
+    W = torch.randn(C, 5, generator=g, dtype=torch.float64)
+    y = torch.randint(0, C, (6, 3), generator=g)
+
+    def rank_fn(rank):
+        mesh = init_device_mesh("cpu", (2,), mesh_dim_names=("tp",))
+        hd = distribute_tensor(h, mesh, [Shard(0)]).requires_grad_()
+        Wd = distribute_tensor(W, mesh, [Shard(0)]).requires_grad_()
+        loss = vocab_parallel_linear_cross_entropy(hd, Wd, y, z_loss=1e-3)
+        with CommDebugMode() as bwd_mode:
+            loss.backward()
+        return (loss.full_tensor(), hd.grad.full_tensor(), Wd.grad.full_tensor(),
+                str(hd.grad.placements), counts(bwd_mode))
+
+    results = run_threaded_group(2, rank_fn)
+    import crossent.torch as ct
+
+    hh, WW = h.clone().requires_grad_(), W.clone().requires_grad_()
+    ref = ct.cross_entropy((hh @ WW.T).reshape(-1, C), y.reshape(-1), z_loss=1e-3)
+    ref.backward()
+    for loss, dh, dw, placements, bwd in results:
+        torch.testing.assert_close(loss, ref.detach(), rtol=1e-13, atol=1e-13)
+        torch.testing.assert_close(dh, hh.grad, rtol=1e-13, atol=1e-13)
+        torch.testing.assert_close(dw, WW.grad, rtol=1e-13, atol=1e-13)
+        assert placements == "(Shard(dim=0),)"
+        assert bwd.get("reduce_scatter_tensor") == 1 and "all_reduce" not in bwd
+
+
 def _none_ref(x, y, kw):
     xx = x.clone().requires_grad_()
     loss = F.cross_entropy(xx, y, reduction="none", **kw)
