@@ -110,3 +110,109 @@ def reference(x, target, params, weight, grad_scale=None):
         return loss.detach(), None
     (grad,) = torch.autograd.grad((loss * grad_scale.to(torch.float64)).sum(), xx)
     return loss.detach(), grad
+
+
+class ThreadedShards:
+    """``world`` ranks as threads of this process, exchanging statistics through an
+    injected ``combine`` (a rendezvous that stacks every rank's ``(4, M)`` statistics and
+    merges them, as an all-gather would).  ``run(fn)`` calls ``fn(rank, combine)`` on every
+    rank at once and returns the results in rank order, re-raising a rank's exception."""
+
+    def __init__(self, world: int):
+        import threading
+
+        self.world = world
+        self.barrier = threading.Barrier(world, timeout=60)
+        self.slots: list = [None] * world
+        self.calls = 0
+
+    def _rendezvous(self, rank, value, reduce):
+        self.slots[rank] = value
+        self.barrier.wait()
+        out = reduce(torch.stack(self.slots))
+        self.barrier.wait()  # everyone has read the slots before any is reused
+        if rank == 0:
+            self.calls += 1
+        return out
+
+    def combine_for(self, rank: int):
+        def combine(stats):
+            return self._rendezvous(rank, stats, _shard.combine)
+
+        # the linear op's d input: the sum over the ranks
+        combine.all_reduce = lambda t: self._rendezvous(rank, t, lambda s: s.sum(0))
+        return combine
+
+    def run(self, fn):
+        import threading
+
+        results: list = [None] * self.world
+        errors: list = [None] * self.world
+
+        def target(rank):
+            try:
+                results[rank] = fn(rank, self.combine_for(rank))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                errors[rank] = exc
+                self.barrier.abort()
+
+        threads = [threading.Thread(target=target, args=(r,)) for r in range(self.world)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for exc in errors:
+            if exc is not None and not isinstance(exc, threading.BrokenBarrierError):
+                raise exc
+        for exc in errors:
+            if exc is not None:
+                raise exc
+        return results
+
+
+def run_threaded_group(world: int, fn, timeout: float = 120.0):
+    """Run ``fn(rank)`` on ``world`` threads that form a real ``torch.distributed`` process
+    group (PyTorch's threaded test backend: the collectives are the real ones, the ranks are
+    threads).  Returns the results in rank order; re-raises the first rank's exception."""
+    import threading
+
+    import torch.distributed as dist
+    from torch.testing._internal.distributed.multi_threaded_pg import (
+        ProcessLocalGroup,
+        _install_threaded_pg,
+        _uninstall_threaded_pg,
+    )
+
+    torch._C._distributed_c10d._set_thread_isolation_mode(True)
+    world_data = _install_threaded_pg()
+    store = dist.HashStore()
+    results: list = [None] * world
+    errors: list = [None] * world
+
+    def worker(rank):
+        dist.init_process_group("threaded", rank=rank, world_size=world, store=store)
+        try:
+            results[rank] = fn(rank)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            errors[rank] = exc
+            ProcessLocalGroup.exception_handle(exc)  # wake the ranks waiting for this one
+        finally:
+            if world_data == dist.distributed_c10d._world:
+                dist.destroy_process_group()
+
+    try:
+        threads = [threading.Thread(target=worker, args=(r,)) for r in range(world)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout)
+        if any(t.is_alive() for t in threads):
+            raise TimeoutError(f"a rank did not finish within {timeout} s")
+        ProcessLocalGroup.reset()
+    finally:
+        _uninstall_threaded_pg()
+        torch._C._distributed_c10d._set_thread_isolation_mode(False)
+    for exc in errors:
+        if exc is not None:
+            raise exc
+    return results
