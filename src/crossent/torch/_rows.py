@@ -49,7 +49,8 @@ def check_targets_and_scale(
     devices the check is an asynchronous device assertion (no host synchronisation), as
     PyTorch's own CUDA kernels do.
     """
-    rows = target.numel() // max(num_classes, 1) if params.probability else target.shape[0]
+    # softmax rows: (M, C) or a shard's (M, V_local) slice; (N, C, S) holds N * S of them
+    rows = target.shape[0] * (target.shape[2] if target.ndim == 3 else 1)
     if params.probability:
         denominator = torch.tensor(float(sem.mean_denominator_probability(rows)), dtype=cd,
                                    device=target.device)

@@ -44,12 +44,12 @@ import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 
 from .. import _semantics as sem
+from . import _contract as contract
 from . import _shard
 from ._impl import resolve_impl
 from ._ops import _new_gradient
 from ._params import CrossEntropyParams
 from ._rows import check_targets_and_scale
-from .functional import _check_tensor, _dtype_name
 from .linear import _accumulate_dtype, choose_chunk_size
 
 __all__ = [
@@ -471,12 +471,12 @@ def _check_layout_args(vocab_start, num_classes):
 def _check_weight(weight, device):
     if weight is None:
         return None
-    weight = _check_tensor(weight, "weight")
+    weight = contract.check_tensor(weight, "weight")
     if _is_dtensor(weight):
         weight = weight.full_tensor()
     if not weight.is_floating_point():
         raise sem.ArgumentTypeError(
-            f"weight must be a floating-point tensor, got dtype {_dtype_name(weight)}")
+            f"weight must be a floating-point tensor, got dtype {contract.dtype_name(weight)}")
     if weight.ndim != 1:
         raise sem.ArgumentError(
             f"weight must have shape (num_classes,), the full class weights on every rank, "
@@ -515,7 +515,8 @@ def _check_target(target, logits_shape, probability, ignore_index, name="logits"
         if not target.is_floating_point():
             raise sem.ArgumentTypeError(
                 f"target has the {name}' shape, so it holds this rank's slice of class "
-                f"probabilities and must be floating point, got dtype {_dtype_name(target)}")
+                "probabilities and must be floating point, got dtype "
+                f"{contract.dtype_name(target)}")
         sem.check_probability_ignore_index(ignore_index)
         if target.requires_grad and torch.is_grad_enabled():
             raise RuntimeError(
@@ -526,7 +527,7 @@ def _check_target(target, logits_shape, probability, ignore_index, name="logits"
         raise sem.ArgumentTypeError(
             f"target must hold integer class indices of shape {tuple(logits_shape[:-1])} "
             f"(or probabilities of shape {tuple(logits_shape)}), got dtype "
-            f"{_dtype_name(target)}")
+            f"{contract.dtype_name(target)}")
     if tuple(target.shape) != tuple(logits_shape[:-1]):
         raise sem.ArgumentError(
             f"target must have shape {tuple(logits_shape[:-1])} (global class indices) or "
@@ -544,10 +545,12 @@ def _resolve_shard_impl(impl: str, like: torch.Tensor, columns: int) -> str:
 
 
 def _loss_dtype(input_dtype, target, probability, device):
-    dtype = torch.promote_types(input_dtype, target.dtype) if probability else input_dtype
-    if torch.is_autocast_enabled(device.type):  # cross-entropy runs in float32 under autocast
-        dtype = torch.promote_types(dtype, torch.float32)
-    return dtype
+    """PyTorch's rule (:mod:`crossent.torch._contract`): the input's dtype, promoted by
+    probability targets; float32 under autocast."""
+    autocast = contract.autocast_dtype(device, input_dtype)
+    if autocast is not None:
+        return autocast
+    return torch.promote_types(input_dtype, target.dtype) if probability else input_dtype
 
 
 # --------------------------------------------------------------------------------------------
@@ -617,12 +620,10 @@ def vocab_parallel_cross_entropy(
             weight=weight, ignore_index=ignore_index, reduction=reduction,
             label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
             inplace_backward=inplace_backward, impl=impl, combine=combine)
-    logits = _check_tensor(logits, "logits")
-    target = _check_tensor(target, "target")
+    logits = contract.check_tensor(logits, "logits")
+    target = contract.check_tensor(target, "target")
     _refuse_transforms("vocab_parallel_cross_entropy", logits)
-    if not logits.is_floating_point():
-        raise sem.LogitsTypeError(
-            f"logits must be a floating-point tensor, got dtype {_dtype_name(logits)}")
+    contract.check_float_dtype(logits, "logits")
     if logits.ndim == 0:
         raise sem.ArgumentError("logits must have shape (..., V_local), got a 0-d tensor")
     reduction, label_smoothing, ignore_index, z_loss, softcap = _check_options(
@@ -641,8 +642,8 @@ def vocab_parallel_cross_entropy(
     local_columns = logits.shape[-1]
     vocab_start, num_classes = _resolve_layout(local_columns, vocab_start, num_classes, weight,
                                                exchange, rank, logits.device)
-    if inplace_backward:
-        _check_inplace(logits)
+    if inplace_backward and logits.requires_grad and torch.is_grad_enabled():
+        contract.check_consumable(logits, "distributed.vocab_parallel_cross_entropy")
 
     n_rows = math.prod(logits.shape[:-1])
     rows = logits.reshape(n_rows, local_columns)
@@ -650,7 +651,8 @@ def vocab_parallel_cross_entropy(
         rows = rows.contiguous()
     # class indices as int64 (what gather and the kernels index with), whatever integer dtype
     rows_target = (target.reshape(n_rows, local_columns) if probability
-                   else target.reshape(n_rows).to(torch.int64))
+                   else contract.index_target_as_int64(target.reshape(n_rows), num_classes,
+                                                       ignore_index, tuple(target.shape)))
     if probability and local_columns > 1 and rows_target.stride(-1) != 1:
         rows_target = rows_target.contiguous()
     setup = _Setup(
@@ -669,20 +671,6 @@ def vocab_parallel_cross_entropy(
     if reduction == "none":
         loss = loss.reshape(target.shape[:-1] if probability else target.shape)
     return loss
-
-
-def _check_inplace(logits: torch.Tensor) -> None:
-    base = logits._base if logits._base is not None else logits
-    if base.is_leaf and base.requires_grad:
-        raise RuntimeError(
-            "inplace_backward=True would overwrite a leaf tensor that requires grad (or a "
-            "view of one), such as a parameter; it is meant for logits computed by the "
-            "model, whose memory the loss may consume")
-    if any(s == 0 for s, n in zip(logits.stride(), logits.shape) if n > 1) or \
-            torch._debug_has_internal_overlap(logits) == 1:
-        raise RuntimeError(
-            "inplace_backward=True needs logits whose elements do not overlap in memory "
-            "(no broadcast or overlapping strides)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -925,15 +913,13 @@ def vocab_parallel_linear_cross_entropy(
             sequence_parallel=sequence_parallel, weight=weight, ignore_index=ignore_index,
             reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss,
             softcap=softcap, chunk_size=chunk_size, impl=impl, combine=combine)
-    input = _check_tensor(input, "input")
-    linear_weight = _check_tensor(linear_weight, "linear_weight")
-    target = _check_tensor(target, "target")
+    input = contract.check_tensor(input, "input")
+    linear_weight = contract.check_tensor(linear_weight, "linear_weight")
+    target = contract.check_tensor(target, "target")
     _refuse_transforms("vocab_parallel_linear_cross_entropy", input, linear_weight,
                        linear_bias)
-    for name, t in (("input", input), ("linear_weight", linear_weight)):
-        if not t.is_floating_point():
-            raise sem.LogitsTypeError(
-                f"{name} must be a floating-point tensor, got dtype {_dtype_name(t)}")
+    contract.check_float_dtype(input, "input", "hidden states")
+    contract.check_float_dtype(linear_weight, "linear_weight", "weights")
     if input.ndim < 1:
         raise sem.ArgumentError("input must have shape (..., D), got a 0-d tensor")
     if linear_weight.ndim != 2:
@@ -950,7 +936,7 @@ def vocab_parallel_linear_cross_entropy(
             f"input and linear_weight must have the same dtype, got {input.dtype} and "
             f"{linear_weight.dtype}")
     if linear_bias is not None:
-        linear_bias = _check_tensor(linear_bias, "linear_bias")
+        linear_bias = contract.check_tensor(linear_bias, "linear_bias")
         if tuple(linear_bias.shape) != (local_columns,):
             raise sem.ArgumentError(f"linear_bias must have shape ({local_columns},), got "
                                     f"{tuple(linear_bias.shape)}")
@@ -996,7 +982,8 @@ def vocab_parallel_linear_cross_entropy(
             raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
         chunk = min(chunk_size, max(rows, 1))
     rows_target = (target.reshape(rows, local_columns) if probability
-                   else target.reshape(rows).to(torch.int64))
+                   else contract.index_target_as_int64(target.reshape(rows), num_classes,
+                                                       ignore_index, tuple(target.shape)))
     autocast = torch.is_autocast_enabled(input.device.type)
     if autocast:  # the head's matmul in the autocast dtype, as F.linear would run it
         dtype = torch.get_autocast_dtype(input.device.type)
@@ -1231,7 +1218,7 @@ def global_mean_scale(
     if not targets:
         raise ValueError("targets must be a tensor or a non-empty sequence of tensors")
     for i, t in enumerate(targets):
-        _check_tensor(t, f"targets[{i}]")
+        contract.check_tensor(t, f"targets[{i}]")
     ignore_index = sem.check_ignore_index(ignore_index)
     device = targets[0].device
     # float64 on the way: token counts beyond 2**24 stay exact
