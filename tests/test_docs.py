@@ -343,7 +343,6 @@ def _reference_objects() -> list[tuple[str, object]]:
 #: written, in modules other work is rewriting; each is to be fixed in its docstring, and the
 #: test fails as soon as one of them passes, so that it is then removed from this list.
 KNOWN_WRONG_EXAMPLES = {
-    "crossent.functional.logsumexp",  # shows 3.40760596444438, prints 3.4076059644443806
 }
 
 
