@@ -1,4 +1,5 @@
-"""Shared test settings: fixed seeds and one hypothesis profile for the whole suite.
+"""Shared test settings: fixed seeds, one hypothesis profile for the whole suite, and
+Triton's interpreter on machines without a GPU.
 
 * ``rng`` gives every test its own NumPy generator seeded from the test's name, so a failure
   reproduces exactly and tests do not share random state.
@@ -9,12 +10,30 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 import zlib
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
+
+
+def _interpret_triton_without_a_gpu() -> None:
+    """Triton chooses between compiling and interpreting when it is first imported, and many
+    test modules import it indirectly (transformers, torch.compile, torch.testing's OpInfo
+    database): without a GPU the Triton tests need the interpreter, so it is chosen here,
+    before any test module is imported."""
+    if "triton" in sys.modules or importlib.util.find_spec("torch") is None:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+_interpret_triton_without_a_gpu()
 
 settings.register_profile(
     "crossent",

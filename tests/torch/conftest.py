@@ -1,5 +1,4 @@
-"""Fixtures of the torch tests: Triton's interpreter without a GPU, and the low-precision
-tolerance rule of DESIGN.md (example 7).
+"""Fixtures of the torch tests: the low-precision tolerance rule of DESIGN.md (example 7).
 
 ``max |ours - fp64| <= k * max |torch_same_dtype - fp64| + eps``: a half-precision result may be
 as wrong as PyTorch's own result in that dtype (times ``k``), never more.  The worst error is
@@ -9,18 +8,9 @@ is a coin toss per element: we and PyTorch may round one element in opposite dir
 
 from __future__ import annotations
 
-import os
-import sys
-
 import pytest
 
 torch = pytest.importorskip("torch")
-
-# Triton chooses between compiling and interpreting when it is first imported, and several
-# test modules import it indirectly (torch.testing's OpInfo database, torch.compile): without
-# a GPU the Triton tests need the interpreter, so it is chosen here, before any module loads.
-if not torch.cuda.is_available() and "triton" not in sys.modules:
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def assert_within_torch_error(ours, same_dtype, reference, k: float = 2.0, eps: float = 1e-6,
