@@ -37,7 +37,7 @@ def _problem(kind="index", rows=5, classes=7, seed=0):
 
 
 def _close(a, b, tol=1e-10):
-    torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+    torch.testing.assert_close(a, b, rtol=tol, atol=tol, equal_nan=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -533,3 +533,56 @@ def test_linear_loss_dtype_gives_the_float32_loss_of_upcast_logits():
     assert ct.linear_cross_entropy(h, w, y).dtype == torch.bfloat16  # PyTorch's rule otherwise
     with pytest.raises(TypeError, match="loss_dtype"):
         ct.linear_cross_entropy(h, w, y, loss_dtype=torch.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# 11. K-dimensional heads, 13. K-dimensional inputs without class-last copies
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("rows", [0, 1, 5])
+@pytest.mark.parametrize("kind", ["index", "probability"])
+def test_linear_k_dimensional_head_matches_pytorch(rows, kind):
+    g = torch.Generator().manual_seed(5)
+    h = torch.randn(rows, 4, dtype=F64, generator=g, requires_grad=True)
+    w = torch.randn(3, 2, 5, 4, dtype=F64, generator=g, requires_grad=True)  # (C, d1, d2, D)
+    b = torch.randn(3, 2, 5, dtype=F64, generator=g, requires_grad=True)
+    if kind == "index":
+        y = torch.randint(0, 3, (rows, 2, 5), generator=g)
+    else:
+        y = torch.softmax(torch.randn(rows, 3, 2, 5, dtype=F64, generator=g), 1)
+    for reduction in REDUCTIONS:
+        kw = dict(linear_bias=b, reduction=reduction, label_smoothing=0.1)
+        ours = ct.linear_cross_entropy(h, w, y, chunk_size=2, **kw)
+        theirs = F.linear_cross_entropy(h, w, y, **kw)
+        assert ours.shape == theirs.shape
+        _close(ours, theirs)
+        go = torch.ones_like(theirs)
+        got = torch.autograd.grad(ours, (h, w, b), go, allow_unused=True)
+        want = torch.autograd.grad(theirs, (h, w, b), go, allow_unused=True)
+        assert got[0].shape == (rows, 4)
+        for a, c in zip(got, want):
+            _close(a, c if c is not None else torch.zeros_like(a))
+
+
+@pytest.mark.parametrize("impl", ["cpu", "torch"])
+def test_k_dimensional_input_needs_no_class_last_copy(impl, monkeypatch):
+    import crossent.torch.functional as ctf
+
+    x = torch.randn(4, 21, 8, 8, requires_grad=True)  # a segmentation map, classes on axis 1
+    y = torch.randint(0, 21, (4, 8, 8))
+    seen = []
+    run = ctf._run
+
+    def spy(logits, target, weight, call, want_grad):
+        out = run(logits, target, weight, call, want_grad)
+        seen.append((logits.data_ptr(), tuple(logits.shape), out[2].data_ptr()))
+        return out
+
+    monkeypatch.setattr(ctf, "_run", spy)
+    ct.cross_entropy(x, y, impl=impl).backward()
+    (logits_at, shape, grad_at), = seen
+    assert logits_at == x.data_ptr() and shape == (4, 21, 64)  # the input itself, (N, C, S)
+    assert x.grad.data_ptr() == grad_at  # the gradient handed out is the one computed
+    x2 = x.detach().clone().requires_grad_()
+    F.cross_entropy(x2, y).backward()
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-7)
