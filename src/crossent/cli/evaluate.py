@@ -12,6 +12,8 @@ import numpy as np
 
 from . import _common as common
 
+REQUIRES = ("sklearn", "scipy", "threadpoolctl", "pandas")
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -31,18 +33,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def load(args: argparse.Namespace, *, require_target: bool):
-    """The model and the data file, matched up (shared with ``crossent predict``).
+def load(args: argparse.Namespace, *, require_target: bool, text: tuple[str, ...] = ()):
+    """The model, the data file matched up with it, and the table it was read from (shared
+    with ``crossent predict``; ``text`` names columns to read as text, such as ids).
 
     The label column is ``--target``, else the column the model was trained on, else (for
     evaluation) the file's default label column, unless that is one of the model's features.
+    A model trained on standardised features standardises these too (it is a pipeline).
     """
     from ..classifier import load_model
     from ..datasets import DataError, default_target, load_file, read_table
 
     model, meta = load_model(args.model)
     names = tuple(meta["feature_names"]) if meta.get("feature_names") else None
-    table = read_table(args.data)
+    with common.reading_progress(args.data) as progress:
+        table = read_table(args.data, text=text, progress=progress)
     target = args.target
     if target is None and meta.get("target") in table.columns:
         target = meta["target"]
@@ -57,13 +62,15 @@ def load(args: argparse.Namespace, *, require_target: bool):
         raise common.UsageError(
             f"{args.data} has {data.n_features} feature columns but the model "
             f"{args.model} was trained on {model.n_features_in_}")
-    return model, data
+    return model, data, table
 
 
 def run(args: argparse.Namespace) -> int:
     from ..metrics import accuracy, confusion_matrix, log_loss, precision_recall
 
-    model, data = load(args, require_target=True)
+    if common.same_path(args.model, args.data):
+        raise common.UsageError(f"--model and --data name the same file ({args.data})")
+    model, data, _ = load(args, require_target=True)
     y = common.label_indices(model, data.y, args.data)
     proba = model.predict_proba(data.X)
     predicted = np.argmax(proba, axis=1)
