@@ -39,6 +39,7 @@ except ImportError as _exc:  # name the extra, not just the module
     raise missing(_exc, "crossent.SoftmaxRegression", "sklearn") from _exc
 
 from ._kernel import num_threads
+from ._model_file import MODEL_FORMAT, ModelFileError, read_model_file
 from ._row_losses import LOSS_ROWS as _LOSS_ROWS
 from ._row_losses import cross_entropy_rows as _cross_entropy_rows  # noqa: F401
 from ._row_losses import squared_error_rows as _squared_error_rows  # noqa: F401
@@ -644,10 +645,6 @@ def _diverged(model, solver):
 # Saving and loading, without pickle
 # --------------------------------------------------------------------------------------------
 
-MODEL_FORMAT = "crossent.SoftmaxRegression/2"
-# /1 had no standardisation; /2 may carry feature_mean and feature_scale (and is refused by
-# readers of /1, which would otherwise ignore them and predict from unscaled features)
-_READABLE_FORMATS = ("crossent.SoftmaxRegression/1", MODEL_FORMAT)
 _PARAMS = ("loss", "solver", "alpha", "max_iter", "tol", "label_smoothing", "batch_size",
            "learning_rate", "momentum", "n_iter_no_change")
 
@@ -731,10 +728,6 @@ def save_model(model: Any, file: Any, *, feature_names: Any = None,
         np.savez(file, **arrays)
 
 
-class ModelFileError(ValueError):
-    """A file that is not a crossent model, described in one line that names it."""
-
-
 def load_model(file: Any) -> tuple[Any, dict]:
     """Read a model written by :func:`save_model`: ``(model, meta)``.
 
@@ -745,111 +738,40 @@ def load_model(file: Any) -> tuple[Any, dict]:
     ``feature_names`` (a list, or None).  Raises :class:`ModelFileError` (a ``ValueError``)
     naming the file and what is wrong when it is not such a model: not an ``.npz`` archive,
     a pickled or oversized array, arrays of the wrong dtype or shape, class labels that are
-    not distinct, coefficients that are not finite.
+    not distinct, coefficients that are not finite, parameters SoftmaxRegression refuses
+    (see :func:`crossent._model_file.read_model_file`).
     """
-    from .datasets import DataError, read_npz
-
-    name = os.fspath(file) if isinstance(file, (str, os.PathLike)) else "model file"
-    if isinstance(file, (str, os.PathLike)) and not os.path.exists(file):
-        raise FileNotFoundError(2, "No such file", name)
-
-    def bad(what: str) -> ModelFileError:
-        return ModelFileError(f"{name} is not a valid crossent model: {what}")
-
-    try:
-        arrays = read_npz(file, what=name)
-    except DataError as exc:
-        text = str(exc)
-        if "not a NumPy .npz archive" in text:
-            raise ModelFileError(f"{name} is not a crossent model: it is not an .npz "
-                                 "archive (save models with crossent train --out or "
-                                 "crossent.classifier.save_model)") from None
-        raise ModelFileError(f"{name} is not a valid crossent model: "
-                             f"{text.removeprefix(name + ': ')}") from None
-    missing = [k for k in ("coef", "intercept", "classes", "meta") if k not in arrays]
-    if missing:
-        raise ModelFileError(f"{name} is not a crossent model: it lacks "
-                             f"{', '.join(missing)}")
-    raw_meta = arrays["meta"]
-    try:
-        if raw_meta.shape != () or raw_meta.dtype.kind != "U":
-            raise ValueError
-        meta = json.loads(str(raw_meta))
-    except ValueError:
-        raise ModelFileError(f"{name} is not a crossent model: its metadata is not a JSON "
-                             "string") from None
-    if not isinstance(meta, dict) or meta.get("format") not in _READABLE_FORMATS:
-        raise ModelFileError(f"{name} is not a crossent model: format "
-                             f"{meta.get('format') if isinstance(meta, dict) else None!r}, "
-                             f"expected {MODEL_FORMAT!r}")
-    coef, intercept, classes = arrays["coef"], arrays["intercept"], arrays["classes"]
-    for key, arr in (("coef", coef), ("intercept", intercept)):
-        if arr.dtype.kind != "f":
-            raise bad(f"{key} must hold floating-point numbers, got {arr.dtype}")
-        if not np.all(np.isfinite(arr)):
-            raise bad(f"{key} holds values that are not finite (NaN or infinity)")
-    if classes.ndim != 1 or classes.dtype.kind not in "biufU":
-        raise bad(f"classes must be a 1-D array of numbers or strings, got {classes.dtype} of "
-                  f"shape {classes.shape}")
-    if classes.dtype.kind == "f" and not np.all(np.isfinite(classes)):
-        raise bad("classes holds values that are not finite")
-    k = len(classes)
-    if k < 2 or len(np.unique(classes)) != k or np.any(np.sort(classes) != classes):
-        raise bad(f"classes must be at least 2 distinct labels in sorted order, got "
-                  f"{classes[:5].tolist()}")
-    rows = 1 if k == 2 else k
-    if coef.ndim != 2 or coef.shape[0] != rows or coef.shape[1] < 1 \
-            or intercept.shape != (rows,):
-        raise bad(f"coef {coef.shape} and intercept {intercept.shape} do not fit {k} classes "
-                  f"(expected ({rows}, n_features) and ({rows},))")
-    d = coef.shape[1]
-    params = meta.get("params", {})
-    if not isinstance(params, dict):
-        raise bad("its parameters are not a JSON object")
-    model = SoftmaxRegression(**{p: v for p, v in params.items() if p in _PARAMS})
+    arrays, meta = read_model_file(file)
+    params = {p: v for p, v in meta.get("params", {}).items() if p in _PARAMS}
+    model = SoftmaxRegression(**params)
     try:
         model._check_params()
     except ValueError as exc:
-        raise bad(str(exc)) from None
-    model.classes_ = classes
+        raise ModelFileError(f"{meta['file']} is not a valid crossent model: {exc}") from None
+    coef = arrays["coef"]
+    model.classes_ = arrays["classes"]
     model.coef_ = coef
-    model.intercept_ = intercept
-    model.n_features_in_ = d
+    model.intercept_ = arrays["intercept"]
+    model.n_features_in_ = coef.shape[1]
     n_iter = meta.get("n_iter", 0)
     model.n_iter_ = n_iter if isinstance(n_iter, int) else 0
     model.loss_curve_ = []
     names = arrays.get("feature_names")
-    if names is not None:
-        if names.shape != (d,) or names.dtype.kind != "U":
-            raise bad(f"feature_names must be {d} strings, got {names.dtype} of shape "
-                      f"{names.shape}")
-        if len(set(names.tolist())) != d:
-            raise bad("feature_names names a feature twice")
-    meta["feature_names"] = None if names is None else names.tolist()
     names_in = names.astype(object) if names is not None and meta.get("feature_names_in") \
         else None
-    has_mean, has_scale = "feature_mean" in arrays, "feature_scale" in arrays
-    meta["standardize"] = has_mean or has_scale
-    if not (has_mean or has_scale):
+    if not meta["standardize"]:
         if names_in is not None:
             model.feature_names_in_ = names_in
         return model, meta
-    if not (has_mean and has_scale):
-        raise bad("it has one of feature_mean and feature_scale but not the other")
-    mean, scale = arrays["feature_mean"], arrays["feature_scale"]
-    for key, arr in (("feature_mean", mean), ("feature_scale", scale)):
-        if arr.shape != (d,) or arr.dtype.kind != "f" or not np.all(np.isfinite(arr)):
-            raise bad(f"{key} must be {d} finite numbers, got {arr.dtype} of shape "
-                      f"{arr.shape}")
-    if np.any(scale <= 0):
-        raise bad("feature_scale must be positive")
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    scale = arrays["feature_scale"]
     scaler = StandardScaler()
-    scaler.mean_, scaler.scale_, scaler.var_ = mean, scale, scale**2
-    scaler.n_features_in_ = d
-    scaler.n_samples_seen_ = int(meta.get("train_rows", 0) or 0)
+    scaler.mean_, scaler.scale_, scaler.var_ = arrays["feature_mean"], scale, scale**2
+    scaler.n_features_in_ = coef.shape[1]
+    train_rows = meta.get("train_rows", 0)
+    scaler.n_samples_seen_ = train_rows if isinstance(train_rows, int) else 0
     if names_in is not None:
         scaler.feature_names_in_ = names_in
     return make_pipeline(scaler, model), meta

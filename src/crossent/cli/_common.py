@@ -109,11 +109,7 @@ def check_output(path: str | None, force: bool, option: str,
     or is one of the ``inputs`` (``(option, path)`` pairs), which no option overwrites."""
     if path is None:
         return
-    for input_option, input_path in inputs:
-        if input_path is not None and _same_file(path, input_path):
-            raise UsageError(f"{option} {path} is the input file of {input_option}; choose "
-                             "another name (crossent never overwrites its inputs, even with "
-                             "--force)")
+    check_not_input(path, option, inputs)
     if os.path.isdir(path):
         raise UsageError(f"{option} {path} is a directory; give a file name")
     if os.path.lexists(path) and not force:
@@ -127,6 +123,14 @@ def check_output(path: str | None, force: bool, option: str,
                          "not writable")
 
 
+def check_not_input(path: str, option: str, inputs: Sequence[tuple[str, str | None]]) -> None:
+    for input_option, input_path in inputs:
+        if input_path is not None and _same_file(path, input_path):
+            raise UsageError(f"{option} {path} is the input file of {input_option}; choose "
+                             "another name (crossent never overwrites its inputs, even with "
+                             "--force)")
+
+
 def check_figure_output(path: str | None, force: bool, option: str,
                         inputs: Sequence[tuple[str, str | None]] = ()) -> None:
     """:func:`check_output`, and the file name must end in a format crossent can draw."""
@@ -134,6 +138,7 @@ def check_figure_output(path: str | None, force: bool, option: str,
         return
     from ..plots import FIGURE_FORMATS, figure_format
 
+    check_not_input(path, option, inputs)
     if figure_format(path) is None:
         raise UsageError(f"{option} {path}: cannot write a figure of that type; name the "
                          f"file with one of {', '.join('.' + f for f in FIGURE_FORMATS)}")

@@ -41,8 +41,11 @@ def load(args: argparse.Namespace, *, require_target: bool, text: tuple[str, ...
     evaluation) the file's default label column, unless that is one of the model's features.
     A model trained on standardised features standardises these too (it is a pipeline).
     """
-    from ..classifier import load_model
+    from .._model_file import read_model_file
     from ..datasets import DataError, default_target, load_file, read_table
+
+    read_model_file(args.model)  # a file that is not a model is refused before sklearn loads
+    from ..classifier import load_model
 
     model, meta = load_model(args.model)
     names = tuple(meta["feature_names"]) if meta.get("feature_names") else None

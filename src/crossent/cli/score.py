@@ -219,16 +219,17 @@ def run(args: argparse.Namespace) -> int:
     for w in caught:
         print(f"crossent score: warning: {w.message}", file=sys.stderr)
     clipped = int(np.sum(proba[np.arange(len(y)), y] < np.finfo(np.float64).eps))
-    matched = f"matched by {id_column}" if id_column else "matched by position"
-    print(f"crossent score: {args.predictions} against {args.labels} ({len(y)} rows "
-          f"{matched}, {len(classes)} classes)")
-    print()
-    print(common.pairs([
+    rows = [  # every number first, so that a failure prints nothing but its error line
         ("log loss", f"{loss:.6f}" + (f"  ({clipped} rows clipped at p = eps)"
                                       if clipped else "")),
         ("accuracy", f"{accuracy(y, proba):.6f}"),
         ("Brier score", f"{brier_score(y, proba):.6f}"),
         ("expected calibration error", f"{expected_calibration_error(y, proba, args.bins):.6f}"
          f"  ({args.bins} bins)"),
-    ]))
+    ]
+    matched = f"matched by {id_column}" if id_column else "matched by position"
+    print(f"crossent score: {args.predictions} against {args.labels} ({len(y)} rows "
+          f"{matched}, {len(classes)} classes)")
+    print()
+    print(common.pairs(rows))
     return 0
