@@ -292,7 +292,10 @@ def csv_header(path: str) -> tuple[list[str], int]:
             reader = csv.reader(fh, strict=True)
             for row in reader:
                 if row and any(cell.strip() for cell in row):
-                    return [name.strip() for name in row], reader.line_num
+                    names = [name.strip() for name in row]
+                    if names[0] == "" and len(names) > 1:
+                        names[0] = "Unnamed: 0"  # the index pandas' to_csv writes, so named
+                    return names, reader.line_num
     except UnicodeDecodeError:
         raise DataError(f"{path} is not UTF-8 text: is it really a CSV file?") from None
     except csv.Error as exc:
@@ -357,8 +360,6 @@ def _read_csv(path: str, exclude: tuple[str, ...], text: tuple[str, ...],
         raise DataError(f"{path} has no header line: its first line holds numbers "
                         f"({','.join(header[:4])}{',...' if len(header) > 4 else ''}); add a "
                         "line naming the columns")
-    if header[0] == "" and len(header) > 1:
-        header[0] = "Unnamed: 0"  # the index column pandas' to_csv writes, as pandas names it
     if any(not name for name in header):
         raise DataError(f"{path}: the header line has an empty column name (column "
                         f"{header.index('') + 1})")
@@ -679,7 +680,17 @@ def load_file(source: str | os.PathLike | Table, target: str | None = None, *,
     drop = tuple(drop)
     owned = not isinstance(source, Table)  # read here: its columns may be freed as used
     if owned:
-        table = read_table(source, exclude=drop, progress=progress)
+        path = os.fspath(source)
+        # a CSV file's dropped columns are never parsed; the others' are dropped once read
+        exclude = drop if path.lower().endswith(".csv") else ()
+        if exclude and (target is not None or require_target) and os.path.isfile(path):
+            header = csv_header(path)[0]
+            wanted = str(target) if target is not None else header[-1]
+            if wanted in drop:
+                raise DataError(_cannot_drop(wanted, target is None))
+        table = read_table(path, exclude=exclude, progress=progress)
+        if not exclude:
+            _check_columns(table.names, drop, table.source)
     else:
         table = source
         _check_columns(table.names, drop, table.source)
@@ -688,7 +699,7 @@ def load_file(source: str | os.PathLike | Table, target: str | None = None, *,
     else:
         target_name = resolve_target(table, target)
         if target_name in drop:
-            raise DataError(f"the target column {target_name!r} cannot be left out")
+            raise DataError(_cannot_drop(target_name, target is None))
     identifiers: tuple[str, ...] = ()
     if feature_names is not None and all(n in table.columns for n in feature_names):
         names = tuple(feature_names)
@@ -717,6 +728,12 @@ def load_file(source: str | os.PathLike | Table, target: str | None = None, *,
     X = _feature_matrix(table, names, consume=owned)
     return Dataset(X, y, names, target_name, table.source, identifiers,
                    None if target_name is None else table.kinds.get(target_name))
+
+
+def _cannot_drop(name: str, by_default: bool) -> str:
+    return (f"the target column {name!r} cannot be left out"
+            + ("; it is the target by default (the last column): name the target with --target"
+               if by_default else ""))
 
 
 def _feature_matrix(table: Table, names: tuple[str, ...], consume: bool) -> np.ndarray:

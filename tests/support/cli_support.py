@@ -73,12 +73,20 @@ def peak_rss_bytes(*args: str, cwd=None) -> tuple[int, subprocess.CompletedProce
     return usage.ru_maxrss * 1024, _result(result, args)
 
 
-def assert_usage_error(result: subprocess.CompletedProcess, fragment: str) -> None:
+def assert_usage_error(result: subprocess.CompletedProcess, fragment: str, *,
+                       after_summary: bool = False) -> None:
     """Exit status 2, nothing on stdout, one readable line on stderr naming the sub-command,
-    no traceback."""
+    no traceback.  With ``after_summary`` (an error while training), stdout holds the data
+    summary that was printed before training started, and nothing after it."""
     command = getattr(result, "command", None) or result.args[3]
     assert result.returncode == 2, (result.stdout, result.stderr)
-    assert result.stdout == ""
+    if after_summary:
+        lines = result.stdout.splitlines()
+        assert lines and lines[0].startswith(f"crossent {command}: "), result.stdout
+        assert lines[-1].startswith(("model: ", "both models: ", "columns left out: ")) \
+            or len(lines) == 1, result.stdout
+    else:
+        assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "Traceback" not in result.stderr
