@@ -20,7 +20,7 @@ Providers:
                              then each column ``to_numpy`` into ``X``.
 * ``pyarrow, streaming``     ``pyarrow.csv.open_csv``: record batches of 16 MiB, each turned
                              into a block of rows, concatenated at the end.
-* ``stdlib csv`` (``--baseline``) the reader of crossent 0.1.0: ``csv.reader`` into a list of
+* ``stdlib csv`` (``--baseline``) crossent's first reader: ``csv.reader`` into a list of
                              rows, ``np.array(rows, dtype=str)``, then ``astype(float64)`` per
                              column (about ten times the file size; slow).
 
@@ -173,7 +173,7 @@ def main() -> None:
                         help="size of the generated CSV file in MB (default: 200)")
     parser.add_argument("--repeats", type=int, default=3, help="timed reads per provider")
     parser.add_argument("--baseline", action="store_true",
-                        help="also measure crossent 0.1.0's stdlib-csv reader (slow, ~10x "
+                        help="also measure crossent's first, stdlib-csv reader (slow, ~10x "
                         "the file size in memory)")
     parser.add_argument("--providers", nargs="+", choices=PROVIDERS + (BASELINE,),
                         help="measure only these")

@@ -49,7 +49,7 @@ def small_csv(tmp_path_factory):
 
 def test_training_on_a_large_csv_stays_within_a_small_multiple_of_the_file(big_csv, small_csv):
     """The peak memory of ``crossent train`` grows by less than twice the file's size on an
-    18 MiB file (the stdlib csv reader of crossent 0.1.0 needed about ten times)."""
+    18 MiB file (crossent's first reader, on the csv module, needed about ten times)."""
     base, result = peak_rss_bytes("train", "--data", str(small_csv), "--epochs", "1")
     assert result.returncode == 0, result.stderr
     peak, result = peak_rss_bytes("train", "--data", str(big_csv), "--epochs", "1")

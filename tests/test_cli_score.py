@@ -182,13 +182,27 @@ def test_an_id_column_in_one_file_only_is_not_matched_by_position_silently(tmp_p
     labels = tmp_path / "labels.csv"
     labels.write_text("id,y\nb,1\na,0\n")
     assert_usage_error(crossent("score", str(preds), str(labels)),
-                       f"{labels} has an 'id' column but {preds} does not, so the rows cannot "
-                       "be matched by id, and matching them by position could pair them "
-                       "wrongly; give both files the ids (crossent predict copies them) or pass "
-                       "--by-position")
+                       f"{labels} has an id column ('id') but {preds} does not, so the rows "
+                       "cannot be matched by id, and matching them by position could pair them "
+                       "wrongly; give both files the ids (crossent predict --id copies them) "
+                       "or pass --by-position")
     result = crossent("score", str(preds), str(labels), "--by-position")
     assert result.returncode == 0, result.stderr
     assert "(2 rows matched by position, 2 classes)" in result.stdout
+
+
+def test_kaggle_ids_by_their_own_name(tmp_path):
+    """A submission and a solution keyed by ``PassengerId``, in different orders: matched by
+    it without --id; a single probability column is P(class 1)."""
+    preds = tmp_path / "submission.csv"
+    preds.write_text("PassengerId,Survived\n892,0.1\n893,0.7\n894,0.4\n")
+    labels = tmp_path / "solution.csv"
+    labels.write_text("PassengerId,Survived\n894,1\n892,0\n893,1\n")
+    result = crossent("score", str(preds), str(labels))
+    assert result.returncode == 0, result.stderr
+    assert "(3 rows matched by PassengerId, 2 classes)" in result.stdout
+    expected = -(np.log(0.9) + np.log(0.7) + np.log(0.4)) / 3
+    assert value("log loss", result.stdout) == pytest.approx(expected, abs=5e-7)
 
 
 def test_repeated_ids_are_refused(tmp_path):

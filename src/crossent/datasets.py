@@ -63,6 +63,7 @@ __all__ = [
     "default_target",
     "resolve_target",
     "identifier_reason",
+    "is_identifier_name",
     "label_column",
     "check_classes",
     "train_test_split",
@@ -398,6 +399,8 @@ def _parse_csv(path: str, header: list[str], keep: list[str], as_text: set[str],
     from ._optional import import_module
 
     pd = import_module("pandas", "reading CSV files", "cli")
+    # pandas 3 parses every number exactly; before it, only its round-trip parser does
+    exact = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
     size = os.path.getsize(path)
     chunk_rows = int(min(1 << 20, max(1024, _CSV_CHUNK_BYTES * rows_at_most // max(size, 1))))
     # every numeric column is a column of one Fortran-order block: filling and later using a
@@ -419,7 +422,7 @@ def _parse_csv(path: str, header: list[str], keep: list[str], as_text: set[str],
                 names=header, usecols=keep, index_col=False, engine="c",
                 dtype=dict.fromkeys(as_text, str) or None, keep_default_na=False,
                 na_values=[], skip_blank_lines=True, on_bad_lines="error",
-                chunksize=chunk_rows)
+                chunksize=chunk_rows, **exact)
             with reader:
                 for chunk in reader:
                     m = len(chunk)
@@ -651,9 +654,15 @@ _ID_NAME = re.compile(r"^(id|index|idx|unnamed: \d+)$|[_\s.-]id$", re.IGNORECASE
 _ID_CAMEL = re.compile(r"[a-z0-9](Id|ID)$")
 
 
+def is_identifier_name(name: str) -> bool:
+    """Whether a column called ``name`` identifies rows: ``id``, ``index``, ``Unnamed: 0``,
+    ``customer_id``, ``PassengerId``, ``userID``, ..."""
+    return bool(_ID_NAME.search(name) or _ID_CAMEL.search(name))
+
+
 def identifier_reason(table: Table, name: str) -> str | None:
     """Why column ``name`` looks like a row identifier rather than a feature, or None."""
-    if _ID_NAME.search(name) or _ID_CAMEL.search(name):
+    if is_identifier_name(name):
         return "its name marks an identifier"
     col = table.columns[name]
     if table.kinds.get(name) == "int" and col.dtype.kind == "f" and len(col) > 2:

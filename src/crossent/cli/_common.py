@@ -270,6 +270,14 @@ def split(data: Any, test_size: float, seed: int) -> tuple[Any, Any]:
     return train, test
 
 
+def release_features(data: Any) -> Any:
+    """``data`` without its feature matrix, once the split's train and test rows hold their
+    own copies: the full matrix need not stay in memory while the model trains."""
+    import dataclasses
+
+    return dataclasses.replace(data, X=np.empty((0, data.n_features)))
+
+
 def describe_data(data: Any) -> str:
     classes = len(np.unique(data.y))
     return (f"{data.source}: {data.n_samples} rows x {data.n_features} features, "

@@ -48,12 +48,14 @@ def run(args: argparse.Namespace) -> int:
     if args.epochs is None:
         args.epochs = DEFAULT_EPOCHS
     data = common.load_training_data(args)
+    summary = common.describe_data(data)
     train, test = common.split(data, args.test_size, args.seed)
+    data = common.release_features(data)
     if args.standardize:
         common.standardize(train, test)
     which = "test" if test is not None else "train"
     unit = "epoch" if args.solver == "sgd" else "iteration"
-    print(f"crossent compare: {common.describe_data(data)}; "
+    print(f"crossent compare: {summary}; "
           + (f"{train.n_samples} train / {test.n_samples} test rows (seed {args.seed})"
              if test is not None else "no test set"))
     left_out = common.describe_left_out(data, args.drop)

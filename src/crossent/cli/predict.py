@@ -1,10 +1,11 @@
 """``crossent predict``: class probabilities and the predicted label for every row.
 
-Writes CSV: the id column (``--id``, or a column called ``id``), copied as it is written in
-the data file; one column ``prob_<class>`` per class; then ``predicted``.  Probabilities are
-written in Python's shortest round-trip form, so ``crossent score`` on the file gives
-exactly the log loss ``crossent evaluate`` prints, and with the id column it matches the rows
-of a labels file by id.
+Writes CSV: the id column (``--id``, or the first column named as ids are: ``id``,
+``PassengerId``, ...), copied as it is written in the data file; one column
+``prob_<class>`` per class; then ``predicted``.  Probabilities are written in Python's
+shortest round-trip form, so ``crossent score`` on the file gives exactly the log loss
+``crossent evaluate`` prints, and with the id column it matches the rows of a labels file
+by id.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="the label column to leave out (default: the model's, if present)")
     p.add_argument("--id", metavar="COLUMN",
                    help="copy this column of FILE (row ids) to the output as its first column, "
-                   "so that 'crossent score --id COLUMN' matches rows by it (default: the "
-                   "column called 'id', if FILE has one)")
+                   "so that 'crossent score' matches rows by it (default: the first column "
+                   "named as ids are, such as 'id' or 'PassengerId', if FILE has one)")
     p.add_argument("--out", metavar="PREDS.csv", help="output file (default: standard output)")
     common.add_force(p)
     p.set_defaults(run=run)
@@ -62,19 +63,20 @@ def predictions_csv(model, X: np.ndarray, ids: tuple[str, np.ndarray] | None = N
 
 
 def _id_column(args: argparse.Namespace) -> str | None:
-    """``--id``, else ``id`` when the data file has such a column (CSV files only)."""
+    """``--id``, else the data file's first column named as ids are (``id``,
+    ``PassengerId``, ...: :func:`crossent.datasets.is_identifier_name`; CSV files only)."""
     if args.id is not None:
         if not args.data.lower().endswith(".csv"):
             raise common.UsageError("--id needs a CSV data file (its columns have names)")
         return args.id
     if args.data.lower().endswith(".csv") and os.path.isfile(args.data):
-        from ..datasets import DataError, csv_header
+        from ..datasets import DataError, csv_header, is_identifier_name
 
         try:
             header, _ = csv_header(args.data)
         except DataError:
             return None  # reading the file proper will say what is wrong
-        return "id" if "id" in header else None
+        return next((name for name in header if is_identifier_name(name)), None)
     return None
 
 

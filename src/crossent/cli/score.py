@@ -42,17 +42,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "class named by its header; a single column is P(class 1) with labels 0/1; or an "
         ".npy array (n, C) for classes 0..C-1. LABELS: CSV with the label column --target "
         "(default: the last), or a 1-D .npy array. ROWS: matched by id when both files have "
-        "the id column (--id, or a column called 'id'); by position when neither has one; "
-        "when only one file has it, matching by position is refused unless --by-position "
-        "asks for it.",
+        "the id column (--id, or a column named as ids are: id, PassengerId, customer_id, "
+        "...); by position when neither has one; when only one file has it, matching by "
+        "position is refused unless --by-position asks for it.",
     )
     p.add_argument("predictions", metavar="PREDICTIONS", help="predicted probabilities")
     p.add_argument("labels", metavar="LABELS", help="true labels")
     p.add_argument("--target", metavar="COLUMN",
                    help="the label column of LABELS (default: the last column)")
     p.add_argument("--id", metavar="COLUMN",
-                   help="match rows by this column, present in both files (default: the "
-                   "column called 'id' when both files have one)")
+                   help="match rows by this column, present in both files (default: the id "
+                   "column both files have, such as 'id' or 'PassengerId')")
     p.add_argument("--by-position", action="store_true",
                    help="match rows by their order, even where a file has an id column")
     p.add_argument("--bins", type=common.positive_int, default=15, metavar="N",
@@ -79,9 +79,13 @@ def _columns(path: str) -> list[str] | None:
 
 
 def choose_id(args: argparse.Namespace) -> str | None:
-    """The column to match rows by, or None to match them by position; refuses to match by
-    position where an id column in one file says the rows have identities."""
-    from ..datasets import DataError
+    """The column to match rows by, or None to match them by position.
+
+    ``--id``, else the identifier column both files have (``id``, ``PassengerId``, ... by
+    name: see :func:`crossent.datasets.is_identifier_name`).  Refuses to match by position
+    where an identifier column says the rows have identities but cannot be matched by it.
+    """
+    from ..datasets import DataError, is_identifier_name
 
     if args.by_position:
         if args.id:
@@ -89,25 +93,35 @@ def choose_id(args: argparse.Namespace) -> str | None:
         return None
     names = {path: _columns(path) for path in (args.predictions, args.labels)}
     if args.id is not None:
-        for path, columns in names.items():
-            if columns is None and path.lower().endswith(".npy"):
+        for path in names:
+            if path.lower().endswith(".npy"):
                 raise DataError(f"--id needs CSV files, and {path} is a .npy file")
         return args.id
-    has_id = [path for path, columns in names.items() if columns and "id" in columns]
-    if len(has_id) == 2:
-        return "id"
-    if len(has_id) == 1:
-        other = args.labels if has_id[0] == args.predictions else args.predictions
-        raise DataError(f"{has_id[0]} has an 'id' column but {other} does not, so the rows "
-                        "cannot be matched by id, and matching them by position could pair "
-                        "them wrongly; give both files the ids (crossent predict copies them) "
-                        "or pass --by-position")
+    ids = {path: [c for c in columns or [] if is_identifier_name(c)
+                  and not c.startswith("prob_")] for path, columns in names.items()}
+    pred_ids, label_ids = ids[args.predictions], ids[args.labels]
+    common_ids = [c for c in pred_ids if c in label_ids]
+    if len(common_ids) == 1:
+        return common_ids[0]
+    if len(common_ids) > 1:
+        if "id" in common_ids:
+            return "id"
+        raise DataError(f"both files have the id columns {', '.join(map(repr, common_ids))}; "
+                        "name the one to match rows by with --id")
+    if pred_ids or label_ids:
+        has, other = ((args.predictions, args.labels) if pred_ids
+                      else (args.labels, args.predictions))
+        column = (pred_ids or label_ids)[0]
+        raise DataError(f"{has} has an id column ({column!r}) but {other} does not, so the "
+                        "rows cannot be matched by id, and matching them by position could "
+                        "pair them wrongly; give both files the ids (crossent predict --id "
+                        "copies them) or pass --by-position")
     return None
 
 
 def _read_predictions(path: str, id_column: str | None):
     """``(classes as text, (n, C) probabilities, ids or None)``."""
-    from ..datasets import DataError, read_table
+    from ..datasets import DataError, is_identifier_name, read_table
 
     if path.lower().endswith(".npy"):
         arr = _load_1d_or_2d(path)
@@ -121,7 +135,7 @@ def _read_predictions(path: str, id_column: str | None):
     if named:
         columns, classes = named, [n[len("prob_"):] for n in named]
     else:
-        columns = [n for n in table.names if n not in (id_column, "id")
+        columns = [n for n in table.names if n != id_column and not is_identifier_name(n)
                    and table.columns[n].dtype.kind == "f"]
         classes = columns
     if not columns:

@@ -93,13 +93,15 @@ def run(args: argparse.Namespace) -> int:
     if args.out and args.plot and common.same_path(args.out, args.plot):
         raise common.UsageError("--out and --plot name the same file")
     data = common.load_training_data(args)
+    summary = common.describe_data(data)
     train, test = common.split(data, args.test_size, args.seed)
+    data = common.release_features(data)
     scaler = common.standardize(train, test) if args.standardize else None
     model = make_model(args)
     loss_name = "cross-entropy" if model.loss == "cross_entropy" else "squared error"
     split = ("no test set" if test is None else
              f"{train.n_samples} train / {test.n_samples} test rows (seed {args.seed})")
-    print(f"crossent train: {common.describe_data(data)}; {split}")
+    print(f"crossent train: {summary}; {split}")
     left_out = common.describe_left_out(data, args.drop)
     if left_out:
         print(left_out)
