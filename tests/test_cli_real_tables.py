@@ -59,6 +59,17 @@ def wine_model(tables):
     return model, result
 
 
+@pytest.fixture(scope="module")
+def wine_predictions(tables, wine_model):
+    """``crossent predict`` of the wine model on the wine table, to a file."""
+    model, _ = wine_model
+    preds = tables["folder"] / "preds.csv"
+    result = crossent("predict", "--model", str(model), "--data", str(tables["wine"]),
+                      "--out", str(preds))
+    assert result.returncode == 0, result.stderr
+    return preds, result
+
+
 def sklearn_pipeline_split(path, drop=("id",)):
     frame = pd.read_csv(path).drop(columns=[c for c in drop if c in pd.read_csv(path, nrows=0)])
     X, y = frame.iloc[:, :-1].to_numpy(), frame.iloc[:, -1].to_numpy()
@@ -100,7 +111,8 @@ def test_breast_cancer_by_default_is_at_least_as_accurate_as_scikit_learns_pipel
     assert "2 classes" in result.stdout
 
 
-def test_evaluate_and_predict_apply_the_saved_standardisation(tables, wine_model):
+def test_evaluate_and_predict_apply_the_saved_standardisation(tables, wine_model,
+                                                              wine_predictions):
     """The probabilities ``predict`` writes are softmax(((x - mean) / scale) W^T + b) with
     the file's arrays, row by row in id order; ``evaluate`` scores the same numbers."""
     model_path, _ = wine_model
@@ -110,10 +122,7 @@ def test_evaluate_and_predict_apply_the_saved_standardisation(tables, wine_model
         z = (X - saved["feature_mean"]) / saved["feature_scale"] @ saved["coef"].T
         expected = softmax(z + saved["intercept"])
 
-    preds = tables["folder"] / "preds.csv"
-    result = crossent("predict", "--model", str(model_path), "--data", str(tables["wine"]),
-                      "--out", str(preds))
-    assert result.returncode == 0, result.stderr
+    preds, result = wine_predictions
     assert result.stderr.strip() == f"crossent predict: 178 rows of {tables['wine']} -> {preds}"
     rows = list(csv.reader(io.StringIO(preds.read_text())))
     assert rows[0] == ["id", "prob_0", "prob_1", "prob_2", "predicted"]  # the id, copied
@@ -127,12 +136,10 @@ def test_evaluate_and_predict_apply_the_saved_standardisation(tables, wine_model
     assert printed == pytest.approx(log_loss(y, expected), abs=5e-5)
 
 
-def test_score_matches_rows_by_id(tables, wine_model):
+def test_score_matches_rows_by_id(tables, wine_predictions):
     """The labels file in another order: matched by the id column both files have, the log
     loss is the right one; by position it would be far off."""
-    preds = tables["folder"] / "preds.csv"
-    if not preds.exists():
-        pytest.skip("needs the predictions of the test above")
+    preds, _ = wine_predictions
     frame = pd.read_csv(tables["wine"])
     shuffled = frame[["id", "target"]].sample(frac=1.0, random_state=3)
     labels = tables["folder"] / "labels.csv"

@@ -292,8 +292,9 @@ def describe_left_out(data: Any, dropped: Sequence[str]) -> str | None:
 
 
 def label_indices(model: Any, labels: np.ndarray, source: str) -> np.ndarray:
-    """Positions of ``labels`` in ``model.classes_``; one-line error for unknown labels."""
-    classes = np.asarray(model.classes_)
+    """Positions of ``labels`` in ``model.classes_`` (or in ``model``, an array of classes);
+    one-line error for unknown labels."""
+    classes = np.asarray(getattr(model, "classes_", model))
     if classes.dtype.kind in "iu" and labels.dtype.kind not in "iu":
         raise UsageError(f"{source} has text labels ({str(labels[0])!r}, ...) but the model's "
                          f"classes are numbers ({', '.join(map(str, classes[:5]))}, ...)")

@@ -81,7 +81,6 @@ def _id_column(args: argparse.Namespace) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..datasets import DataError
     from .evaluate import load
 
     inputs = [("--data", args.data), ("--model", args.model)]
@@ -89,13 +88,7 @@ def run(args: argparse.Namespace) -> int:
     id_column = _id_column(args)
     model, data, table = load(args, require_target=False,
                               text=(id_column,) if id_column else ())
-    ids = None
-    if id_column is not None:
-        if id_column not in table.columns:
-            raise DataError(f"--id column {id_column!r} is not in {args.data}")
-        if id_column in data.feature_names:
-            raise DataError(f"--id column {id_column!r} is one of the model's features")
-        ids = (id_column, table.columns[id_column])
+    ids = None if id_column is None else (id_column, table.columns[id_column])
     text = predictions_csv(model, data.X, ids)
     if args.out is None:
         sys.stdout.write(text)
