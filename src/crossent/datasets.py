@@ -379,23 +379,21 @@ def _read_csv(path: str, exclude: tuple[str, ...], text: tuple[str, ...],
     as_text = {name for name in text if name in keep}
     while True:
         try:
-            columns, kinds, rows = _parse_csv(path, header, keep, as_text, rows_at_most,
-                                              progress)
+            columns, kinds, block, index = _parse_csv(path, header, keep, as_text,
+                                                      rows_at_most, progress)
             break
         except _Retype as retype:  # read those columns again, as their text
             as_text |= retype.names
-    if rows == 0:
+    if len(block) == 0:  # as many rows as were read, numeric columns or not
         raise DataError(f"{path} has a header but no rows of data")
-    block, index = columns.pop(_BLOCK)
     return Table(columns, path, "csv", kinds, line_of=_line_finder(path), block=block,
                  block_index=index)
 
 
-_BLOCK = "\0block"  # where _parse_csv returns the numeric block among the columns
-
-
 def _parse_csv(path: str, header: list[str], keep: list[str], as_text: set[str],
                rows_at_most: int, progress: ProgressCallback | None):
+    """``(columns, kinds, block, block_index)``: the columns of ``keep`` (those in
+    ``as_text`` as text), the numeric ones views of ``block``, column-major (n, numeric)."""
     from ._optional import import_module
 
     pd = import_module("pandas", "reading CSV files", "cli")
@@ -456,7 +454,7 @@ def _parse_csv(path: str, header: list[str], keep: list[str], as_text: set[str],
     if len(block) - rows > rows // 16 + 1024:  # many blank or multi-line rows: give it back
         block = np.asfortranarray(block[:rows])
     block = block[:rows]
-    columns: dict[str, Any] = {}
+    columns: dict[str, np.ndarray] = {}
     for name in keep:
         if name in as_text:
             parts = texts[name]
@@ -469,8 +467,7 @@ def _parse_csv(path: str, header: list[str], keep: list[str], as_text: set[str],
         message = _malformed(path, len(header))
         if message:
             raise DataError(message)
-    columns[_BLOCK] = (block, index)
-    return columns, kinds, rows
+    return columns, kinds, block, index
 
 
 def _first_line(exc: Exception) -> str:
