@@ -138,3 +138,27 @@ def test_install_commands_work_from_a_checkout(page):
         assert match, f"{page}: {line!r} does not install the checkout with -e \".[extra]\""
         assert set(match.group(1).split(",")) <= extras, line
         assert "-c constraints.txt" in line, line
+
+
+def test_an_import_error_while_running_is_one_line_only_when_the_package_is_absent(
+        monkeypatch, capsys):
+    """The check before a command starts has a safety net: an ImportError of a package that
+    is not installed, raised while the command runs, is the same one line; one of a package
+    that is installed but broken is left as it is (its traceback is what helps)."""
+    import crossent._optional as optional
+    import crossent.cli as cli
+    from crossent.cli import explain
+
+    def fail(args):
+        raise ModuleNotFoundError("No module named 'scipy.optimize'", name="scipy.optimize")
+
+    monkeypatch.setattr(explain, "run", fail)
+    monkeypatch.setattr(cli, "is_installed", lambda name: name != "scipy")
+    monkeypatch.setattr(optional, "is_installed", lambda name: name != "scipy")
+    assert cli.main(["explain"]) == 2
+    assert capsys.readouterr().err == (
+        f"crossent explain: error: SciPy is not installed, and 'crossent explain' needs it: "
+        f"{INSTALL}\n")
+    monkeypatch.setattr(cli, "is_installed", lambda name: True)
+    with pytest.raises(ModuleNotFoundError, match="scipy.optimize"):
+        cli.main(["explain"])

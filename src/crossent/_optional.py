@@ -47,15 +47,16 @@ def install_line(extra: str) -> str:
 def missing(exc: ImportError, feature: str, extra: str | None = None) -> ImportError:
     """The error to raise for ``exc``, the ImportError of importing an optional package.
 
-    When ``exc`` is about a package crossent knows (``exc.name`` is ``sklearn.base``, say),
-    this is a :class:`MissingDependency` saying that ``feature`` needs it and which extra to
-    install (``extra``, else the package's own); otherwise (a broken installation, a bug)
-    ``exc`` itself, unchanged.
+    When ``exc`` is about a package crossent knows (``exc.name`` is ``sklearn.base``, say)
+    and that package is not installed, this is a :class:`MissingDependency` saying that
+    ``feature`` needs it and which extra to install (``extra``, else the package's own);
+    otherwise (an installed package that fails to import, a bug) ``exc`` itself, unchanged:
+    its own message is what helps then.
     """
     if isinstance(exc, MissingDependency):
         return exc
     top = (exc.name or "").split(".")[0]
-    if top not in PACKAGES:
+    if top not in PACKAGES or is_installed(top):
         return exc
     known_as, own_extra = PACKAGES[top]
     extra = extra or own_extra

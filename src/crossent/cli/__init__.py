@@ -109,7 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      + "; use a smaller file or a machine with more memory")
     except ImportError as exc:
         package = (exc.name or "").split(".")[0]
-        if not isinstance(exc, MissingDependency) and package not in PACKAGES:
+        if not isinstance(exc, MissingDependency) and (package not in PACKAGES
+                                                       or is_installed(package)):
             raise  # a broken installation or a bug: the traceback is what helps
         return _fail(args.command, _missing_message(package, args.command))
     except KeyboardInterrupt:
