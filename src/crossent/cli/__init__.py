@@ -60,7 +60,8 @@ def _extras_epilog(modules: dict) -> str:
     wanted = sorted({p for m in modules.values() for p in getattr(m, "MAY_NEED", ())
                      + _requirements(m)})
     absent = [PACKAGES[p][0] for p in wanted if not is_installed(p)]
-    lines.append("missing here: " + (", ".join(absent) if absent else "nothing"))
+    if absent:  # (said only when it matters: the help stays the same everywhere else)
+        lines.append("not installed here: " + ", ".join(absent))
     return "\n".join(lines)
 
 
