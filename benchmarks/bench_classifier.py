@@ -12,7 +12,9 @@ Providers, each in its own fresh process (see ``_harness.py``), all on float64 d
 
 * ``crossent``            ``SoftmaxRegression()``: the defaults (L-BFGS-B, alpha=1e-3, tol=1e-4).
 * ``crossent alpha=1/n``  ``SoftmaxRegression(alpha=1/n_samples)``: exactly the objective of
-                          ``LogisticRegression(C=1)``, so iterations and accuracy match it.
+                          ``LogisticRegression(C=1)`` with three or more classes (both datasets
+                          here), so iterations and accuracy match it (two classes would take
+                          ``alpha=2/n_samples``: see ``SoftmaxRegression``'s docstring).
 * ``sklearn``             ``LogisticRegression(max_iter=10000)``: the defaults (lbfgs, C=1,
                           tol=1e-4), with BLAS and OpenMP threads as installed.
 * ``sklearn 1-thread``    the same inside ``threadpool_limits(1)``: SoftmaxRegression limits

@@ -3,7 +3,12 @@ agreement between solvers and with LogisticRegression, digits accuracy, save/loa
 
 from __future__ import annotations
 
+import functools
 import io
+import json
+import os
+import subprocess
+import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,11 +23,13 @@ from sklearn.datasets import load_digits, make_classification  # noqa: E402
 from sklearn.exceptions import ConvergenceWarning  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
+from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
 import crossent  # noqa: E402
 from crossent.classifier import (  # noqa: E402
+    ModelFileError,
     SoftmaxRegression,
     TrainingDiverged,
     _cross_entropy_rows,
@@ -53,15 +60,60 @@ def small_problem():
 # --------------------------------------------------------------------------------------------
 
 
-@parametrize_with_checks([
+ESTIMATORS = [
     SoftmaxRegression(max_iter=100),
     SoftmaxRegression(solver="sgd", max_iter=20),
     SoftmaxRegression(loss="mse", solver="gd", max_iter=50),
-])
+]
+
+
+@parametrize_with_checks(ESTIMATORS)
 def test_sklearn_estimator_checks(estimator, check):
+    """Every check runs, the pandas ones included (pandas is a test dependency); the array
+    API check needs ``SCIPY_ARRAY_API=1`` before SciPy is imported, so it runs in a process
+    of its own."""
+    func = check
+    while hasattr(func, "func"):
+        func = func.func
+    if func.__name__ == "check_array_api_input":
+        _array_api_check_in_a_subprocess(estimator, check.keywords)
+        return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         check(estimator)
+
+
+def _array_api_check_in_a_subprocess(estimator, keywords):
+    outcome = _array_api_checks(json.dumps(keywords, sort_keys=True))
+    assert outcome[json.dumps(estimator.get_params(), sort_keys=True)] == "passed", outcome
+
+
+@functools.lru_cache
+def _array_api_checks(keywords: str) -> dict:
+    """Run ``check_array_api_input(**keywords)`` on every estimator of ESTIMATORS in one
+    process with ``SCIPY_ARRAY_API=1``: ``{params as JSON: "passed" or the error}``."""
+    code = (
+        "import json, sys, traceback, warnings\n"
+        "from sklearn.utils.estimator_checks import check_array_api_input\n"
+        "from crossent import SoftmaxRegression\n"
+        "outcome = {}\n"
+        "for params in json.loads(sys.argv[1]):\n"
+        "    try:\n"
+        "        with warnings.catch_warnings():\n"
+        "            warnings.simplefilter('ignore')\n"
+        "            check_array_api_input('SoftmaxRegression', SoftmaxRegression(**params), "
+        "**json.loads(sys.argv[2]))\n"
+        "        outcome[json.dumps(params, sort_keys=True)] = 'passed'\n"
+        "    except Exception:\n"
+        "        outcome[json.dumps(params, sort_keys=True)] = traceback.format_exc()\n"
+        "print(json.dumps(outcome))\n"
+    )
+    params = json.dumps([e.get_params() for e in ESTIMATORS])
+    result = subprocess.run([sys.executable, "-c", code, params, keywords],
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "SCIPY_ARRAY_API": "1"})
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def test_lazy_attribute_of_the_package():
@@ -84,13 +136,32 @@ def test_digits_default_model_reaches_the_bound(digits_split):
 
 
 def test_same_model_as_logistic_regression(small_problem):
-    """LogisticRegression(C) on n samples minimises our objective with alpha = 1/(C n)."""
+    """LogisticRegression(C) on n samples minimises our objective with alpha = 1/(C n) when
+    there are three or more classes."""
     X, y = small_problem
     C = 0.5
     theirs = LogisticRegression(C=C, tol=1e-10, max_iter=10000).fit(X, y)
     ours = SoftmaxRegression(alpha=1 / (C * len(X)), tol=1e-10).fit(X, y)
     np.testing.assert_allclose(ours.predict_proba(X), theirs.predict_proba(X), atol=1e-7)
     np.testing.assert_allclose(ours.coef_, theirs.coef_, atol=1e-6)
+
+
+@pytest.mark.parametrize("C", [0.05, 1.0])
+def test_two_classes_take_twice_the_alpha(C):
+    """With two classes LogisticRegression(C) is SoftmaxRegression(alpha=2/(C n)): the
+    softmax's two weight vectors split the logistic one, W[1] = -W[0] = w/2, so its penalty
+    alpha/2 (|W[0]|^2 + |W[1]|^2) = alpha/4 |w|^2 equals |w|^2 / (2 C n) at alpha = 2/(C n).
+    alpha = 1/(C n) fits a different (less regularised) model."""
+    X, y = make_classification(400, 6, n_informative=4, random_state=1)
+    X = StandardScaler().fit_transform(X)
+    n = len(X)
+    theirs = LogisticRegression(C=C, tol=1e-12, max_iter=10000).fit(X, y)
+    ours = SoftmaxRegression(alpha=2 / (C * n), tol=1e-10).fit(X, y)
+    np.testing.assert_allclose(ours.coef_, theirs.coef_, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(ours.intercept_, theirs.intercept_, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(ours.predict_proba(X), theirs.predict_proba(X), atol=1e-6)
+    half = SoftmaxRegression(alpha=1 / (C * n), tol=1e-10).fit(X, y)
+    assert np.abs(half.coef_ - theirs.coef_).max() > 1e-3 * np.abs(theirs.coef_).max()
 
 
 # --------------------------------------------------------------------------------------------
@@ -288,6 +359,33 @@ def test_convergence_warning_names_the_remedy(digits_split):
         SoftmaxRegression(solver="gd", max_iter=5).fit(X_train, y_train)
 
 
+def test_converged_only_when_the_gradient_says_so(small_problem):
+    """``converged_`` holds the stated criterion (every gradient entry <= tol) for every
+    solver: a plateau of sgd's objective is not convergence."""
+    X, y = small_problem
+    lbfgs = SoftmaxRegression(tol=1e-6).fit(X, y)
+    assert lbfgs.converged_ and lbfgs.max_abs_gradient_ <= 1e-6
+    gd = SoftmaxRegression(solver="gd", tol=1e-6, max_iter=5000).fit(X, y)
+    assert gd.converged_ and gd.max_abs_gradient_ <= 1e-6
+    with pytest.warns(ConvergenceWarning):
+        short = SoftmaxRegression(solver="gd", max_iter=3).fit(X, y)
+    assert not short.converged_ and short.max_abs_gradient_ > 1e-4
+    # sgd on the unscaled wine table (proline ~ 1000): the automatic step is 3e-7, the
+    # objective creeps (a plateau by the tol rule) while far from the optimum
+    from sklearn.datasets import load_wine
+
+    X_wine, y_wine = load_wine(return_X_y=True)
+    creeping = SoftmaxRegression(solver="sgd", random_state=0).fit(X_wine, y_wine)
+    assert creeping.n_iter_ < creeping.max_iter and creeping.learning_rate_ < 1e-6
+    assert not creeping.converged_ and creeping.max_abs_gradient_ > 1e4 * creeping.tol
+    assert creeping.score(X_wine, y_wine) < 0.8
+    # a plateau where the gradient is within tol (a loose one here) does count
+    loose = SoftmaxRegression(solver="sgd", tol=0.02, learning_rate=0.03, random_state=0
+                              ).fit(X, y)
+    assert loose.converged_ and loose.max_abs_gradient_ <= 0.02
+    assert not SoftmaxRegression(tol=None, max_iter=5).fit(X, y).converged_
+
+
 def test_divergence_is_a_clear_error(digits_split):
     X_train, _, y_train, _ = digits_split
     with pytest.raises(TrainingDiverged, match="gd diverged .* lower learning_rate"):
@@ -361,16 +459,82 @@ def test_save_load_round_trip_gives_identical_predictions(tmp_path, digits_split
 def test_load_refuses_other_files(tmp_path):
     bad = tmp_path / "not-a-model.npz"
     np.savez(bad, coef=np.zeros((3, 2)))
-    with pytest.raises(ValueError, match="is not a crossent model: it lacks intercept"):
+    with pytest.raises(ModelFileError, match="is not a crossent model: it lacks intercept"):
         load_model(bad)
     text = tmp_path / "text.npz"
     text.write_text("hello")
-    with pytest.raises(ValueError, match="is not a crossent model"):
+    with pytest.raises(ModelFileError, match="is not a crossent model: it is not an .npz "
+                                             "archive"):
         load_model(text)
     pickled = tmp_path / "pickled.npz"
     np.savez(pickled, coef=np.array([object()], dtype=object))
-    with pytest.raises(ValueError, match="is not a crossent model"):
+    with pytest.raises(ModelFileError, match=r"is not a valid crossent model: array 'coef' "
+                                             r"holds Python objects \(pickled\)"):
         load_model(pickled)
+
+
+@pytest.fixture(scope="module")
+def saved_arrays(digits_split):
+    X_train, _, y_train, _ = digits_split
+    buf = io.BytesIO()
+    save_model(make_pipeline(StandardScaler(), SoftmaxRegression(max_iter=30)).fit(
+        X_train[:300], y_train[:300]), buf)
+    buf.seek(0)
+    with np.load(buf, allow_pickle=False) as data:
+        return dict(data)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (dict(coef=np.zeros((10, 64), dtype=np.float32).astype(str)), "coef must hold floating"),
+    (dict(intercept=np.zeros(9)), r"coef \(10, 64\) and intercept \(9,\) do not fit 10"),
+    (dict(classes=np.arange(10)[::-1].copy()), "at least 2 distinct labels in sorted order"),
+    (dict(classes=np.array([0.0, np.nan] + list(range(2, 10)))), "classes holds values that"),
+    (dict(intercept=np.full(10, np.inf)), "intercept holds values that are not finite"),
+    (dict(feature_mean=np.zeros(3)), r"feature_mean must be 64 finite numbers"),
+    (dict(feature_scale=np.zeros(64)), "feature_scale must be positive"),
+    (dict(feature_names=np.array(["a"] * 64)), "feature_names names a feature twice"),
+    (dict(meta=np.array(json.dumps({"format": "crossent.SoftmaxRegression/2",
+                                    "params": {"alpha": -1}}))), "alpha must be a number in"),
+    (dict(meta=np.array(b"{}")), "its metadata is not a JSON string"),
+])
+def test_load_names_what_is_wrong_with_a_crafted_file(tmp_path, saved_arrays, change, message):
+    path = tmp_path / "crafted.npz"
+    np.savez(path, **{**saved_arrays, **change})
+    with pytest.raises(ModelFileError, match=message) as info:
+        load_model(path)
+    assert str(info.value).startswith(str(path)) and "\n" not in str(info.value)
+
+
+def test_a_standardising_pipeline_round_trips(tmp_path, digits_split):
+    """make_pipeline(StandardScaler(), SoftmaxRegression()) is saved with the scaler's mean
+    and scale and loaded as such a pipeline: identical predictions on raw features."""
+    X_train, X_test, y_train, _ = digits_split
+    pipeline = make_pipeline(StandardScaler(), SoftmaxRegression()).fit(X_train, y_train)
+    path = tmp_path / "pipe.npz"
+    save_model(pipeline, path, metadata={"train_rows": len(X_train)})
+    loaded, meta = load_model(path)
+    assert meta["standardize"] and [type(s).__name__ for _, s in loaded.steps] == [
+        "StandardScaler", "SoftmaxRegression"]
+    np.testing.assert_array_equal(loaded.predict_proba(X_test), pipeline.predict_proba(X_test))
+    assert loaded.n_features_in_ == 64 and loaded[0].n_samples_seen_ == len(X_train)
+    with pytest.raises(TypeError, match="a SoftmaxRegression or a Pipeline of a StandardScaler"):
+        save_model(make_pipeline(SoftmaxRegression()), io.BytesIO())
+
+
+def test_a_version_1_file_still_loads(tmp_path, digits_split):
+    X_train, X_test, y_train, _ = digits_split
+    model = SoftmaxRegression(max_iter=50, tol=None).fit(X_train, y_train)
+    buf = io.BytesIO()
+    save_model(model, buf)
+    buf.seek(0)
+    with np.load(buf, allow_pickle=False) as data:
+        arrays = dict(data)
+    meta = json.loads(str(arrays["meta"]))
+    meta["format"] = "crossent.SoftmaxRegression/1"
+    del meta["standardize"]
+    np.savez(tmp_path / "v1.npz", **{**arrays, "meta": np.array(json.dumps(meta))})
+    loaded, _ = load_model(tmp_path / "v1.npz")
+    np.testing.assert_array_equal(loaded.predict_proba(X_test), model.predict_proba(X_test))
 
 
 def test_save_to_a_file_object_and_unfitted_model():

@@ -50,7 +50,9 @@ def test_evaluate_prints_the_scores(files):
     expected = log_loss(files["y"], proba)
     printed = float(re.search(r"^log loss\s+([0-9.]+)$", out, re.M).group(1))
     assert printed == pytest.approx(expected, abs=5e-5)
-    assert re.search(r"^accuracy\s+0.97\d\d \(35\d/360\)$", out, re.M)
+    correct = int(np.sum(proba.argmax(axis=1) == files["y"]))
+    assert correct > 340  # the model (standardised digits) is good
+    assert re.search(rf"^accuracy\s+{correct / 360:.4f} \({correct}/360\)$", out, re.M)
     # the confusion matrix as printed equals sklearn's
     block = out.split("columns: predicted class)\n")[1].strip().splitlines()[1:]
     printed_cm = np.array([[int(v) for v in line.split()[1:]] for line in block])

@@ -84,7 +84,10 @@ def test_more_examples(capsys, args, expected):
 
 @pytest.mark.parametrize(("args", "fragment"), [
     (["--logits", "1"], "need at least 2 classes, got 1"),
-    (["--logits", "nan", "1"], "--logits must be finite numbers"),
+    (["--logits", "nan", "1"], "--logits must be numbers or -inf (PyTorch's loss is NaN for "
+                               "NaN and +inf logits)"),
+    (["--logits", "inf", "1"], "--logits must be numbers or -inf"),
+    (["--logits", "-inf", "-inf"], "--logits must not all be -inf"),
     (["--probs", "-0.5", "1.5"], "--probs must be probabilities in [0, 1]"),
     (["--target", "-1"], "--target must be a class index in [0, 2], got -1"),
 ])
@@ -101,3 +104,30 @@ def test_mutually_exclusive_inputs(capsys):
         main(["explain", "--probs", "0.5", "0.5", "--logits", "1", "2"])
     assert info.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_minus_infinity_logits_as_pytorch_takes_them():
+    """A -inf logit is a class with probability 0: the loss is PyTorch's, finite for the
+    others, inf when it is the target; the gradient is p - onehot."""
+    torch = pytest.importorskip("torch")
+    logits = [2.0, float("-inf"), 0.5]
+    for target in (0, 1):
+        result = explain("--logits", "2", "-inf", "0.5", "--target", str(target))
+        assert result.returncode == 0, result.stderr
+        expected = torch.nn.functional.cross_entropy(torch.tensor([logits], dtype=torch.float64),
+                                                     torch.tensor([target])).item()
+        printed = number_after(f"L = -ln p[{target}] =", result.stdout)
+        assert printed == pytest.approx(expected, abs=5e-7)
+        assert "z = [2, -inf, 0.5]" in result.stdout
+        assert "z - m = [0, -inf, -1.5]" in result.stdout
+        assert "the components sum to 0:" in result.stdout
+
+
+def test_large_values_are_printed_readably():
+    result = explain("--logits", "1e30", "-1e30", "0", "--target", "1")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "z = [1e+30, -1e+30, 0]" in out
+    assert "m = max(z) = 1e+30;  z - m = [0, -2e+30, -1e+30]" in out
+    assert "L = -ln p[1] = 2e+30 nats" in out
+    assert max(len(token) for token in out.split()) < 30  # no 31-digit numbers

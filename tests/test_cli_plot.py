@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 
+import numpy as np
 import pytest
 from cli_support import crossent
 
@@ -56,3 +57,31 @@ def test_bad_input(tmp_path, args, fragment):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr
     assert fragment in lines[0]
+
+
+def _edge_pixels(path) -> np.ndarray:
+    """The outermost two rows and columns of a PNG, as RGB."""
+    from matplotlib.image import imread
+
+    image = imread(path)[..., :3]
+    return np.concatenate([image[:2].reshape(-1, 3), image[-2:].reshape(-1, 3),
+                           image[:, :2].reshape(-1, 3), image[:, -2:].reshape(-1, 3)])
+
+
+@pytest.mark.parametrize("figure", ["losses", "overview"])
+def test_nothing_is_clipped_at_the_edges(tmp_path, figure):
+    """Every title and label lies inside the picture: its border is background (the right
+    panel's title of 'losses' used to run off the edge)."""
+    result = crossent("plot", figure, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    edges = _edge_pixels(tmp_path / f"{figure}.png")
+    assert np.all(edges == 1.0), np.argwhere(edges != 1.0)[:5]
+
+
+def test_other_formats_by_extension(tmp_path):
+    result = crossent("plot", "bce", "--out", "bce.svg", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "bce.svg").read_text().lstrip().startswith("<?xml")
+    result = crossent("plot", "softmax", "--out", "s.pdf", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "s.pdf").read_bytes()[:5] == b"%PDF-"

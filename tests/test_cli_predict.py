@@ -105,3 +105,25 @@ def test_malformed_csv(files):
     path.write_text("x1,x2,x3\n1,2\n")
     assert_usage_error(crossent("predict", "--model", str(files["model"]), "--data", str(path)),
                        "line 2 has 2 fields, the header has 3: malformed CSV")
+
+
+def test_id_column_is_copied_for_score(files):
+    """``--id COL`` copies that column, as written (leading zeros kept), before the
+    probabilities; a column named as ids are (``PassengerId``) is copied without asking."""
+    rows = "".join(f"{i:04d},{a},{b},{c}\n" for i, (a, b, c) in enumerate(files["X"][:5]))
+    keyed = files["folder"] / "keyed.csv"
+    keyed.write_text("key,x1,x2,x3\n" + rows)
+    result = crossent("predict", "--model", str(files["model"]), "--data", str(keyed),
+                      "--id", "key")
+    assert result.returncode == 0, result.stderr
+    header, body = read(result.stdout)
+    assert header == ["key", "prob_cat", "prob_dog", "prob_emu", "predicted"]
+    assert [r[0] for r in body] == ["0000", "0001", "0002", "0003", "0004"]
+    named = files["folder"] / "named.csv"
+    named.write_text("PassengerId,x1,x2,x3\n" + rows)
+    result = crossent("predict", "--model", str(files["model"]), "--data", str(named))
+    assert result.returncode == 0, result.stderr
+    assert read(result.stdout)[0][0] == "PassengerId"
+    assert_usage_error(crossent("predict", "--model", str(files["model"]), "--data",
+                                str(keyed), "--id", "x1"),
+                       "--id column 'x1' is one of the model's features")

@@ -38,7 +38,7 @@ def test_scores_match_sklearn(submission):
     result = crossent("score", str(preds), str(answers))
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "(50 rows, 4 classes)" in out
+    assert "(50 rows matched by position, 4 classes)" in out
     assert value("log loss", out) == pytest.approx(
         sk.log_loss(labels, proba, labels=range(4)), abs=5e-7)
     assert "(1 rows clipped at p = eps)" in out
@@ -161,3 +161,55 @@ def test_missing_id(tmp_path):
     answers.write_text("id,y\nz,a\n")
     assert_usage_error(crossent("score", str(preds), str(answers), "--id", "id"),
                        "has no prediction for id 'z'")
+
+
+def test_files_with_ids_match_by_id_without_being_told(tmp_path):
+    """Both files have an 'id' column, in different orders: matched by id."""
+    preds = tmp_path / "preds.csv"
+    preds.write_text("id,prob_0,prob_1\n7,0.9,0.1\n8,0.2,0.8\n9,0.4,0.6\n")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("id,y\n9,1\n7,0\n8,1\n")
+    result = crossent("score", str(preds), str(labels))
+    assert result.returncode == 0, result.stderr
+    assert "(3 rows matched by id, 2 classes)" in result.stdout
+    expected = -(np.log(0.9) + np.log(0.8) + np.log(0.6)) / 3
+    assert value("log loss", result.stdout) == pytest.approx(expected, abs=5e-7)
+
+
+def test_an_id_column_in_one_file_only_is_not_matched_by_position_silently(tmp_path):
+    preds = tmp_path / "preds.csv"
+    preds.write_text("prob_0,prob_1\n0.9,0.1\n0.2,0.8\n")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("id,y\nb,1\na,0\n")
+    assert_usage_error(crossent("score", str(preds), str(labels)),
+                       f"{labels} has an id column ('id') but {preds} does not, so the rows "
+                       "cannot be matched by id, and matching them by position could pair them "
+                       "wrongly; give both files the ids (crossent predict --id copies them) "
+                       "or pass --by-position")
+    result = crossent("score", str(preds), str(labels), "--by-position")
+    assert result.returncode == 0, result.stderr
+    assert "(2 rows matched by position, 2 classes)" in result.stdout
+
+
+def test_kaggle_ids_by_their_own_name(tmp_path):
+    """A submission and a solution keyed by ``PassengerId``, in different orders: matched by
+    it without --id; a single probability column is P(class 1)."""
+    preds = tmp_path / "submission.csv"
+    preds.write_text("PassengerId,Survived\n892,0.1\n893,0.7\n894,0.4\n")
+    labels = tmp_path / "solution.csv"
+    labels.write_text("PassengerId,Survived\n894,1\n892,0\n893,1\n")
+    result = crossent("score", str(preds), str(labels))
+    assert result.returncode == 0, result.stderr
+    assert "(3 rows matched by PassengerId, 2 classes)" in result.stdout
+    expected = -(np.log(0.9) + np.log(0.7) + np.log(0.4)) / 3
+    assert value("log loss", result.stdout) == pytest.approx(expected, abs=5e-7)
+
+
+def test_repeated_ids_are_refused(tmp_path):
+    preds = tmp_path / "preds.csv"
+    preds.write_text("id,prob_0,prob_1\n1,0.9,0.1\n1,0.2,0.8\n")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("id,y\n1,1\n2,0\n")
+    assert_usage_error(crossent("score", str(preds), str(labels)),
+                       "id column 'id' of " + str(preds) + " repeats the value '1', so rows "
+                       "cannot be matched by it")

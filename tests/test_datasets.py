@@ -193,11 +193,162 @@ def test_bad_npy(tmp_path):
 
 
 def test_read_table_keeps_line_numbers(tmp_path):
-    table = read_table(write(tmp_path, "d.csv", "a,b\n\n1,x\n2,y\n"))
-    assert table.lines.tolist() == [3, 4] and table.n_rows == 2
+    table = read_table(write(tmp_path, "d.csv", 'a,b\n\n1,x\n2,"y\nz"\n3,w\n'))
+    assert [table.where(i) for i in range(3)] == ["line 3", "line 5", "line 6"]
+    assert table.n_rows == 3
 
 
 def test_split_that_leaves_no_training_rows(tmp_path):
-    d = load_file(write(tmp_path, "d.csv", "a,y\n1,0\n2,1\n3,0\n"))
+    d = load_file(write(tmp_path, "d.csv", "a,y\n1.5,0\n2.5,1\n3.5,0\n"))
     with pytest.raises(DataError, match=r"--test-size 0.9 leaves 0 training and 3 test rows"):
         train_test_split(d, 0.9, 0)
+
+
+# --------------------------------------------------------------------------------------------
+# The pandas reader: kinds, chunks, memory
+# --------------------------------------------------------------------------------------------
+
+
+def test_columns_keep_how_they_were_written(tmp_path):
+    """Whole numbers, decimals and text; labels that look like booleans or 'NA' stay text."""
+    path = write(tmp_path, "d.csv", "i,f,t,b,na\n1,1.5,x,True,NA\n2,2,y,false,b\n")
+    table = read_table(path)
+    assert table.kinds == {"i": "int", "f": "float", "t": "text", "b": "text", "na": "text"}
+    assert table.columns["b"].tolist() == ["True", "false"]
+    assert table.columns["na"].tolist() == ["NA", "b"]
+    np.testing.assert_array_equal(table.columns["f"], [1.5, 2.0])
+
+
+def test_a_column_that_turns_to_text_in_a_later_chunk(tmp_path, monkeypatch):
+    """pandas types each chunk alone: a label column of numbers that turns to text far into
+    the file is read again as text, exactly as written."""
+    import crossent.datasets as ds
+
+    monkeypatch.setattr(ds, "_CSV_CHUNK_BYTES", 64)  # chunks of a few rows
+    rows = [f"{i}.5,{i % 3}" for i in range(3000)] + ["1.0,cat"]
+    d = load_file(write(tmp_path, "d.csv", "x,label\n" + "\n".join(rows) + "\n"))
+    assert d.y.dtype.kind == "U" and d.y[:4].tolist() == ["0", "1", "2", "0"]
+    assert d.y[-1] == "cat" and d.X.shape == (3001, 1)
+
+
+def test_a_short_line_is_malformed_even_in_an_unused_column(tmp_path):
+    path = write(tmp_path, "d.csv", "a,note,y\n1,x,0\n2\n")
+    with pytest.raises(DataError, match="line 3 has 1 fields, the header has 3: malformed"):
+        read_table(path)
+
+
+def test_numbers_are_parsed_exactly(tmp_path, rng):
+    """Every float64 written in Python's shortest round-trip form is read back bit for bit."""
+    values = rng.standard_normal(2000) * 10.0 ** rng.integers(-8, 8, 2000)
+    path = write(tmp_path, "d.csv", "x,y\n" + "".join(f"{v!r},{i % 2}\n"
+                                                    for i, v in enumerate(values.tolist())))
+    np.testing.assert_array_equal(load_file(path).X[:, 0], values)
+
+
+def test_the_feature_matrix_is_the_parsed_block_itself(tmp_path):
+    """No second copy: the features are a view of the block the parser filled (moved into
+    place when the target is not last)."""
+    path = write(tmp_path, "d.csv", "a,y,b,c\n1,0,2,3\n4,1,5,6\n")
+    d = load_file(path, "y")
+    assert d.feature_names == ("a", "b", "c") and d.y.tolist() == [0, 1]
+    np.testing.assert_array_equal(d.X, [[1, 2, 3], [4, 5, 6]])
+    assert d.X.base is not None and d.X.flags.f_contiguous
+
+
+def test_progress_reports_the_bytes_read(tmp_path):
+    path = write(tmp_path, "d.csv", "a,y\n" + "".join(f"{i},{i % 2}\n" for i in range(5000)))
+    seen = []
+    read_table(path, progress=lambda done, total: seen.append((done, total)))
+    size = path.stat().st_size
+    assert seen and seen[-1] == (size, size) and all(t == size for _, t in seen)
+
+
+# --------------------------------------------------------------------------------------------
+# Identifiers, dropped columns, continuous targets
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "values"), [
+    ("id", "7,3,9"), ("ID", "7,3,9"), ("customer_id", "7,3,9"), ("PassengerId", "7,3,9"),
+    ("userID", "7,3,9"), ("Unnamed: 0", "7,3,9"), ("index", "7,3,9"),
+    ("row", "0,1,2"), ("n", "1,2,3"),  # counts the rows
+])
+def test_identifier_columns_are_left_out(tmp_path, name, values):
+    cells = values.split(",")
+    path = write(tmp_path, "d.csv", f"{name},x,y\n" + "".join(
+        f"{c},{v},{i % 2}\n" for i, (c, v) in enumerate(zip(cells, ["0.5", "1.5", "2.5"]))))
+    d = load_file(path)
+    assert d.identifiers == (name,) and d.feature_names == ("x",)
+
+
+@pytest.mark.parametrize("name", ["paid", "valid", "ACID", "width", "fluid_level"])
+def test_names_that_only_end_in_id_are_features(tmp_path, name):
+    path = write(tmp_path, "d.csv", f"{name},y\n3,0\n1,1\n2,0\n")
+    assert load_file(path).feature_names == (name,)
+
+
+def test_the_index_pandas_writes_is_an_identifier(tmp_path):
+    path = write(tmp_path, "d.csv", ",x,y\n0,0.5,0\n1,1.5,1\n2,2.5,0\n")
+    d = load_file(path)
+    assert d.identifiers == ("Unnamed: 0",) and d.feature_names == ("x",)
+
+
+def test_drop_leaves_columns_out(tmp_path):
+    path = write(tmp_path, "d.csv", "a,b,c,y\n1,2,x,0\n4,5,z,1\n")
+    d = load_file(path, drop=["c", "a"])
+    assert d.feature_names == ("b",)
+    with pytest.raises(DataError, match=r"column 'nope' is not in .*d.csv \(columns: 'a', 'b'"):
+        load_file(path, drop=["nope"])
+    with pytest.raises(DataError, match="^the target column 'y' cannot be left out$"):
+        load_file(path, "y", drop=["y", "c"])
+    with pytest.raises(DataError, match="it is the target by default .* name the target with"):
+        load_file(path, drop=["y"])
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    # a regression table: 30 distinct values written as decimals in 40 rows
+    ("".join(f"{i}.0\n" for i in range(30)) + "1.0\n" * 10,
+     r"looks continuous: 30 distinct numbers written as decimals in 40 rows \(0.0, 1.0, 2.0"),
+    # whole numbers, nearly one per row
+    ("".join(f"{i * 7}\n" for i in range(25)) + "0\n",
+     r"looks continuous: 25 distinct whole numbers in 26 rows \(0, 7, 14"),
+])
+def test_a_continuous_looking_target_says_so(tmp_path, text, message):
+    rows = text.splitlines()
+    path = write(tmp_path, "d.csv", "x,y\n" + "".join(f"{i % 5}.5,{v}\n"
+                                                    for i, v in enumerate(rows)))
+    with pytest.raises(DataError, match=message):
+        check_classes(load_file(path))
+
+
+def test_a_few_classes_written_as_decimals_are_classes(tmp_path):
+    path = write(tmp_path, "d.csv", "x,y\n" + "".join(f"{i}.5,{i % 3}.0\n" for i in range(60)))
+    d = load_file(path)
+    assert check_classes(d).tolist() == [0, 1, 2]
+
+
+# --------------------------------------------------------------------------------------------
+# .npy / .npz headers are checked before anything is allocated
+# --------------------------------------------------------------------------------------------
+
+
+def test_npy_declaring_more_than_it_holds(tmp_path):
+    path = tmp_path / "d.npy"
+    with open(path, "wb") as fh:
+        np.lib.format.write_array_header_1_0(
+            fh, {"descr": "<f8", "fortran_order": False, "shape": (1000, 1000)})
+        fh.write(bytes(800))
+    with pytest.raises(DataError, match=r"declares an array of shape \(1000, 1000\) \(7.6 MiB\) "
+                                        r"but holds only 800 bytes of data"):
+        load_file(path)
+
+
+def test_memory_check(monkeypatch):
+    import crossent.datasets as ds
+
+    monkeypatch.setattr(ds, "available_memory", lambda: 3 << 30)
+    ds.check_memory(1 << 30, "this")
+    with pytest.raises(DataError, match=r"^that needs 4.0 GiB of memory, but only 3.0 GiB is "
+                                        r"available$"):
+        ds.check_memory(4 << 30, "that")
+    assert ds.available_memory is not None

@@ -86,3 +86,72 @@ def test_no_pyplot_and_no_global_backend_change():
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def _drawn_texts(fig):
+    """Every text the figure draws: titles, labels, legends, annotations, and the tick
+    labels inside the axes' view (the others exist but are not drawn)."""
+    for ax in fig.axes:
+        yield from (ax.title, ax.xaxis.label, ax.yaxis.label, *ax.texts)
+        legend = ax.get_legend()
+        if legend is not None:
+            yield from legend.get_texts()
+        for axis, ticks in ((ax.xaxis, ax.get_xticklabels()), (ax.yaxis, ax.get_yticklabels())):
+            lo, hi = sorted(axis.get_view_interval())
+            yield from (t for t, loc in zip(ticks, axis.get_ticklocs())
+                        if lo - 1e-9 <= loc <= hi + 1e-9)
+    yield from fig.texts
+
+
+@pytest.mark.parametrize("make", [
+    plots.binary_cross_entropy_figure, plots.softmax_figure, plots.loss_gradient_figure,
+    plots.overview_figure,
+    lambda: plots.learning_curves_figure(curves(), title="a title of a usual length, on digits"),
+    lambda: plots.compare_figure(curves(), curves(), title="cross-entropy vs squared error: "
+                                 "softmax regression on digits (sgd, same step size)"),
+])
+def test_every_text_lies_inside_the_figure(make):
+    """No title or label is clipped (the right panel's title of the loss/gradient figure
+    ran off the edge)."""
+    fig = make()
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    width, height = fig.bbox.width, fig.bbox.height
+    for text in _drawn_texts(fig):
+        if not text.get_text() or not text.get_visible():
+            continue
+        box = text.get_window_extent(renderer)
+        assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= width and box.y1 <= height, (
+            text.get_text(), box)
+
+
+def test_accuracy_axes_show_every_point():
+    """The y range comes from the data: early iterations at 10% accuracy are not cut off."""
+    c = curves()
+    c.train_accuracy[0], c.test_accuracy[0] = 0.1, 0.05
+    fig = plots.learning_curves_figure(c)
+    lo, hi = fig.axes[1].get_ylim()
+    assert lo <= 0.05 and hi >= 1.0
+    se = curves()
+    se.test_accuracy[0] = 0.02
+    lo, _ = plots.compare_figure(curves(), se).axes[1].get_ylim()
+    assert lo <= 0.02
+    assert plots.accuracy_range([0.9, 0.95]) == (pytest.approx(0.89), pytest.approx(0.96))
+
+
+@pytest.mark.parametrize(("name", "magic"), [
+    ("f.png", b"\x89PNG"), ("f.pdf", b"%PDF-"), ("f.svg", b"<?xml"), ("f.eps", b"%!PS-Adobe"),
+    ("f.jpg", b"\xff\xd8\xff"), ("F.TIFF", b"II*\x00"), ("f.webp", b"RIFF"),
+])
+def test_save_figure_writes_the_format_its_name_says(tmp_path, name, magic):
+    path = tmp_path / name
+    plots.save_figure(plots.softmax_figure(), path)
+    assert path.read_bytes().startswith(magic)
+
+
+def test_save_figure_refuses_unknown_formats(tmp_path):
+    assert plots.figure_format("x.pgf") is None and plots.figure_format("x") is None
+    with pytest.raises(ValueError, match=r"cannot write a figure as '.*x.docx': name the file "
+                                         r"with one of .png, .pdf"):
+        plots.save_figure(plots.softmax_figure(), tmp_path / "x.docx")
+    assert not (tmp_path / "x.docx").exists()

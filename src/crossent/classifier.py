@@ -24,82 +24,35 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-from scipy import optimize, sparse
-from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils import check_random_state
-from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, validate_data
-from threadpoolctl import ThreadpoolController
 
-from . import _semantics as sem
+try:
+    from scipy import optimize, sparse
+    from sklearn.base import BaseEstimator, ClassifierMixin
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.utils import check_random_state
+    from sklearn.utils.multiclass import check_classification_targets
+    from sklearn.utils.validation import check_is_fitted, validate_data
+    from threadpoolctl import ThreadpoolController
+except ImportError as _exc:  # name the extra, not just the module
+    from ._optional import missing
+
+    raise missing(_exc, "crossent.SoftmaxRegression", "sklearn") from _exc
+
 from ._kernel import num_threads
-from .functional import cross_entropy, cross_entropy_with_grad, log_softmax, softmax
+from ._model_file import MODEL_FORMAT, ModelFileError, read_model_file
+from ._row_losses import LOSS_ROWS as _LOSS_ROWS
+from ._row_losses import cross_entropy_rows as _cross_entropy_rows  # noqa: F401
+from ._row_losses import squared_error_rows as _squared_error_rows  # noqa: F401
+from .functional import log_softmax, softmax
 
-__all__ = ["SoftmaxRegression", "TrainingDiverged", "save_model", "load_model", "MODEL_FORMAT"]
+__all__ = ["SoftmaxRegression", "TrainingDiverged", "save_model", "load_model", "ModelFileError",
+           "MODEL_FORMAT"]
 
 LOSSES = ("cross_entropy", "mse")
 SOLVERS = ("lbfgs", "gd", "sgd")
 # Below this many entries of X, one thread does the matrix products (a thread pool costs
 # more than it saves on digits-sized data).
 _PARALLEL_MIN_ENTRIES = 1 << 18
-
-
-# --------------------------------------------------------------------------------------------
-# The two per-sample losses on logits
-# --------------------------------------------------------------------------------------------
-
-
-def _cross_entropy_rows(z, y, weight, label_smoothing, row_scale, want_grad=True):
-    """Per-sample cross-entropies ``CE_i`` and ``row_scale_i * dCE_i/dz_i`` (the logits).
-
-    Straight from the NumPy core: ``reduction='none'`` with ``grad_output=row_scale`` gives
-    both in one fused pass.
-    """
-    if not want_grad:
-        return cross_entropy(z, y, weight=weight, reduction="none",
-                             label_smoothing=label_smoothing), None
-    return cross_entropy_with_grad(z, y, weight=weight, reduction="none",
-                                   label_smoothing=label_smoothing, grad_output=row_scale)
-
-
-def _squared_error_rows(z, y, weight, label_smoothing, row_scale, want_grad=True):
-    r"""Per-sample squared errors ``SE_i`` and ``row_scale_i * dSE_i/dz_i`` (the logits).
-
-    .. math:: \mathrm{SE}(z, y) = w_y \sum_c (\operatorname{softmax}(z)_c - t_c)^2,
-        \qquad t = (1 - \varepsilon)\,\mathrm{onehot}(y) + \varepsilon / C
-
-    This is the squared error the "why cross-entropy" argument compares against (its mean
-    over samples is the multi-class Brier score).  The NumPy core is a cross-entropy library
-    and has no squared-error loss, so the one new piece of maths lives here: the chain rule
-    through the softmax.  With ``p = crossent.softmax(z)`` and the upstream gradient
-    ``g = dSE/dp = 2 w_y (p - t)``, the softmax Jacobian ``J = diag(p) - p p^T`` is applied as
-    the vector product
-
-    .. math:: \frac{\partial \mathrm{SE}}{\partial z} = J^\top g = p \odot (g - (g \cdot p))
-
-    which costs O(C) per sample instead of forming the C x C Jacobian.  The factor ``p`` in
-    it is why squared error learns slowly when a confident prediction is wrong: as the
-    probability of the true class goes to 0 its gradient vanishes, where cross-entropy's
-    ``p - t`` stays large.
-    """
-    n, num_classes = z.shape
-    p = softmax(z, axis=1)
-    target = np.zeros_like(p)
-    target[np.arange(n), y] = 1.0
-    target = sem.smoothed_probabilities(target, label_smoothing, num_classes)
-    residual = p - target
-    w_y = np.ones(n) if weight is None else weight[y]
-    per_row = w_y * np.einsum("ij,ij->i", residual, residual)
-    if not want_grad:
-        return per_row, None
-    g = residual
-    g *= (2.0 * w_y * row_scale)[:, None]  # dSE/dp, scaled per row
-    grad = p * (g - np.einsum("ij,ij->i", g, p)[:, None])
-    return per_row, grad
-
-
-_LOSS_ROWS = {"cross_entropy": _cross_entropy_rows, "mse": _squared_error_rows}
 
 
 # --------------------------------------------------------------------------------------------
@@ -276,7 +229,12 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
     error ``sum_c (p_c - onehot(y)_c)^2`` (``loss="mse"``, for comparison), ``s`` are sample
     weights, ``w`` class weights, and the intercept is not penalised.  With the defaults it is
     the model ``LogisticRegression`` fits: ``LogisticRegression(C=C)`` on ``n`` samples is
-    ``SoftmaxRegression(alpha=1 / (C * n))``.
+    ``SoftmaxRegression(alpha=1 / (C * n))`` with three or more classes, and
+    ``SoftmaxRegression(alpha=2 / (C * n))`` with two.  Two classes differ because the softmax
+    keeps a weight vector per class and only their difference ``w = W[1] - W[0]`` matters: at
+    the optimum ``W[0] = -W[1] = -w / 2``, so the penalty ``alpha / 2 * (|W[0]|^2 + |W[1]|^2)``
+    is ``alpha / 4 * |w|^2``, which is logistic regression's ``|w|^2 / (2 C n)`` when
+    ``alpha = 2 / (C n)``.
 
     Parameters
     ----------
@@ -294,7 +252,8 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         ``lbfgs`` and ``gd`` stop once every entry of the objective's gradient is at most
         ``tol`` in absolute value; ``sgd`` stops once the training objective has not improved
         by more than ``tol`` for ``n_iter_no_change`` epochs in a row.  ``None`` runs all
-        ``max_iter``.
+        ``max_iter``.  Whatever the solver, the fit counts as converged (``converged_``) only
+        when the full-batch gradient meets the first rule (see ``converged_``).
     label_smoothing : float, default=0.0
         ``eps`` in [0, 1]: the one-hot target becomes ``(1 - eps) onehot + eps / C``.
     class_weight : dict, "balanced" or None, default=None
@@ -336,6 +295,16 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         The training objective ``J`` after each iteration or epoch.
     learning_rate_ : float
         The step size used (``gd`` and ``sgd`` only).
+    max_abs_gradient_ : float
+        The largest absolute entry of the objective's full-batch gradient ``(dJ/dW, dJ/db)``
+        at the returned coefficients: the number ``tol`` bounds.
+    converged_ : bool
+        Whether the fit met its convergence criterion: ``max_abs_gradient_ <= tol`` for
+        ``gd`` and ``sgd``; for ``lbfgs``, SciPy's success (projected gradient at most ``tol``,
+        or no relative decrease of the objective beyond ``64 * eps``).  Always False with
+        ``tol=None``.  A plateau of ``sgd``'s objective is not enough: minibatch noise, or a
+        very small step on unscaled features, stops the objective from improving long before
+        the optimum.
 
     Notes
     -----
@@ -479,7 +448,8 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             )
             W, b = np.zeros((k, d)), np.zeros(k)
             solve = {"lbfgs": self._fit_lbfgs, "gd": self._fit_gd, "sgd": self._fit_sgd}
-            W, b = solve[self.solver](objective, W, b, callback)
+            W, b, self.max_abs_gradient_, self.converged_ = solve[self.solver](
+                objective, W, b, callback)
         self._set_weights(W, b)
         return self
 
@@ -516,13 +486,15 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
                 "ftol": 64 * np.finfo(float).eps,
             },
         )
+        converged = bool(result.success) and self.tol is not None
         if not result.success and self.tol is not None:
             warnings.warn(
                 f"lbfgs did not converge after {self.n_iter_} iterations ({result.message}); "
                 "raise max_iter, or scale the features",
                 ConvergenceWarning, stacklevel=3,
             )
-        return objective.unflatten(result.x)
+        W, b = objective.unflatten(result.x)
+        return W, b, float(np.abs(result.jac).max()), converged
 
     def _step_size(self, objective):
         if self.learning_rate == "auto":
@@ -557,7 +529,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             warnings.warn(f"gd did not converge after {self.n_iter_} iterations (largest "
                           f"gradient entry still above tol={self.tol}); raise max_iter",
                           ConvergenceWarning, stacklevel=3)
-        return W, b
+        return W, b, _largest(gW, gb), converged
 
     def _fit_sgd(self, objective, W, b, callback):
         lr, beta = self._step_size(objective), float(self.momentum)
@@ -587,12 +559,18 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
                 stalled = stalled + 1 if value > best - self.tol else 0
                 best = min(best, value)
                 if stalled >= self.n_iter_no_change:
-                    return W, b
-        if self.tol is not None:
-            warnings.warn(f"sgd did not converge after {self.n_iter_} epochs (the objective "
-                          f"still improved by more than tol={self.tol}); raise max_iter",
-                          ConvergenceWarning, stacklevel=3)
-        return W, b
+                    break
+        else:
+            if self.tol is not None:
+                warnings.warn(f"sgd did not converge after {self.n_iter_} epochs (the "
+                              f"objective still improved by more than tol={self.tol}); raise "
+                              "max_iter", ConvergenceWarning, stacklevel=3)
+        # A plateau of the objective is where sgd stops, not a proof of convergence (tiny
+        # steps make a plateau too): convergence is judged by the full-batch gradient, as
+        # for gd and lbfgs.
+        _, gW, gb = objective.value_and_grad(W, b)
+        largest = _largest(gW, gb)
+        return W, b, largest, self.tol is not None and largest <= self.tol
 
     # -- predict -----------------------------------------------------------------------------
 
@@ -641,6 +619,11 @@ def _one_blas_thread():
     return _controller.limit(limits=1, user_api="blas")
 
 
+def _largest(gW, gb):
+    """The largest absolute entry of the gradient ``(dJ/dW, dJ/db)``."""
+    return float(max(np.abs(gW).max(), np.abs(gb).max()))
+
+
 class _NoPool:
     def __enter__(self):
         return None
@@ -662,22 +645,42 @@ def _diverged(model, solver):
 # Saving and loading, without pickle
 # --------------------------------------------------------------------------------------------
 
-MODEL_FORMAT = "crossent.SoftmaxRegression/1"
 _PARAMS = ("loss", "solver", "alpha", "max_iter", "tol", "label_smoothing", "batch_size",
            "learning_rate", "momentum", "n_iter_no_change")
 
 
-def save_model(model: SoftmaxRegression, file: Any, *, feature_names: Any = None,
+def _split_pipeline(model: Any) -> tuple[SoftmaxRegression, Any]:
+    """``(the SoftmaxRegression, the StandardScaler before it or None)`` of what save_model
+    was given: a SoftmaxRegression, or a Pipeline of a StandardScaler and one."""
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if isinstance(model, SoftmaxRegression):
+        return model, None
+    steps = [step for _, step in model.steps] if isinstance(model, Pipeline) else []
+    if (len(steps) == 2 and isinstance(steps[0], StandardScaler)
+            and isinstance(steps[1], SoftmaxRegression)):
+        return steps[1], steps[0]
+    raise TypeError(f"model must be a SoftmaxRegression or a Pipeline of a StandardScaler and "
+                    f"a SoftmaxRegression, got {type(model).__name__}")
+
+
+def save_model(model: Any, file: Any, *, feature_names: Any = None,
                metadata: dict | None = None) -> None:
     """Write a fitted model to ``file`` (a path or a binary file object) as ``.npz``.
 
-    The file holds plain arrays only (``coef``, ``intercept``, ``classes``, and
-    ``feature_names``: the given ones, else ``feature_names_in_`` when the model has them)
-    plus one JSON string ``meta`` with the parameters and ``metadata``; :func:`load_model`
-    reads it back with ``allow_pickle=False``.  Class labels must be numbers or strings.
+    ``model`` is a :class:`SoftmaxRegression`, or a ``Pipeline`` of a fitted
+    ``StandardScaler`` and a SoftmaxRegression (``make_pipeline(StandardScaler(),
+    SoftmaxRegression())``, what ``crossent train`` fits), whose mean and scale are saved
+    with it.  The file holds plain arrays only (``coef``, ``intercept``, ``classes``,
+    ``feature_mean`` and ``feature_scale`` for a pipeline, and ``feature_names``: the given
+    ones, else ``feature_names_in_`` when the model has them) plus one JSON string ``meta``
+    with the parameters and ``metadata``; :func:`load_model` reads it back with
+    ``allow_pickle=False``.  Class labels must be numbers or strings.
     """
-    check_is_fitted(model)
-    classes = np.asarray(model.classes_)
+    estimator, scaler = _split_pipeline(model)
+    check_is_fitted(estimator)
+    classes = np.asarray(estimator.classes_)
     if classes.dtype.kind == "O":
         try:
             classes = classes.astype(str)
@@ -686,25 +689,36 @@ def save_model(model: SoftmaxRegression, file: Any, *, feature_names: Any = None
     if classes.dtype.kind not in "biufU":
         raise TypeError(f"class labels must be numbers or strings to be saved, got "
                         f"{classes.dtype}")
-    names_in = getattr(model, "feature_names_in_", None)
+    d = estimator.coef_.shape[1]
+    names_in = getattr(scaler if scaler is not None else estimator, "feature_names_in_", None)
     names = feature_names if feature_names is not None else names_in
     meta = {
         **(metadata or {}),
         "format": MODEL_FORMAT,
-        "params": {p: getattr(model, p) for p in _PARAMS},
-        "n_iter": int(model.n_iter_),
+        "params": {p: getattr(estimator, p) for p in _PARAMS},
+        "n_iter": int(estimator.n_iter_),
         "feature_names_in": feature_names is None and names_in is not None,
+        "standardize": scaler is not None,
     }
     arrays = {
-        "coef": np.ascontiguousarray(model.coef_, dtype=np.float64),
-        "intercept": np.ascontiguousarray(model.intercept_, dtype=np.float64),
+        "coef": np.ascontiguousarray(estimator.coef_, dtype=np.float64),
+        "intercept": np.ascontiguousarray(estimator.intercept_, dtype=np.float64),
         "classes": classes,
         "meta": np.array(json.dumps(meta)),
     }
+    if scaler is not None:
+        check_is_fitted(scaler)
+        d_in = scaler.n_features_in_
+        mean = np.zeros(d_in) if scaler.mean_ is None else scaler.mean_
+        scale = np.ones(d_in) if scaler.scale_ is None else scaler.scale_
+        if d_in != d:
+            raise ValueError(f"the scaler has {d_in} features but the model {d}")
+        arrays["feature_mean"] = np.asarray(mean, dtype=np.float64)
+        arrays["feature_scale"] = np.asarray(scale, dtype=np.float64)
     if names is not None:
         names = np.asarray(names, dtype=str)
-        if names.shape != (model.coef_.shape[1],):
-            raise ValueError(f"feature_names must name the {model.coef_.shape[1]} features, "
+        if names.shape != (d,):
+            raise ValueError(f"feature_names must name the {d} features, "
                              f"got {names.shape[0] if names.ndim == 1 else names.shape} names")
         arrays["feature_names"] = names
     if isinstance(file, (str, os.PathLike)):
@@ -714,54 +728,50 @@ def save_model(model: SoftmaxRegression, file: Any, *, feature_names: Any = None
         np.savez(file, **arrays)
 
 
-def load_model(file: Any) -> tuple[SoftmaxRegression, dict]:
+def load_model(file: Any) -> tuple[Any, dict]:
     """Read a model written by :func:`save_model`: ``(model, meta)``.
 
-    ``meta`` is the metadata given to :func:`save_model` plus ``params``, ``n_iter`` and
-    ``feature_names`` (a list, or None).  Raises ``ValueError`` naming the file when it is
-    not such a model.
+    ``model`` is what was saved: a :class:`SoftmaxRegression`, or a ``Pipeline`` of a
+    ``StandardScaler`` and one, which standardises the features it is given (both have
+    ``classes_``, ``n_features_in_``, ``predict`` and ``predict_proba``).  ``meta`` is the
+    metadata given to :func:`save_model` plus ``params``, ``n_iter``, ``standardize`` and
+    ``feature_names`` (a list, or None).  Raises :class:`ModelFileError` (a ``ValueError``)
+    naming the file and what is wrong when it is not such a model: not an ``.npz`` archive,
+    a pickled or oversized array, arrays of the wrong dtype or shape, class labels that are
+    not distinct, coefficients that are not finite, parameters SoftmaxRegression refuses
+    (see :func:`crossent._model_file.read_model_file`).
     """
-    name = os.fspath(file) if isinstance(file, (str, os.PathLike)) else "model file"
-    if isinstance(file, (str, os.PathLike)) and not os.path.exists(file):
-        raise FileNotFoundError(2, "No such file", name)
-    try:
-        with np.load(file, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-    except (ValueError, OSError, EOFError) as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
-        raise ValueError(f"{name} is not a crossent model (.npz): {exc}") from None
-    missing = [k for k in ("coef", "intercept", "classes", "meta") if k not in arrays]
-    if missing:
-        raise ValueError(f"{name} is not a crossent model: it lacks {', '.join(missing)}")
-    try:
-        meta = json.loads(str(arrays["meta"]))
-    except ValueError:
-        raise ValueError(f"{name} is not a crossent model: its metadata is not JSON") from None
-    if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
-        raise ValueError(f"{name} is not a crossent model: format "
-                         f"{meta.get('format') if isinstance(meta, dict) else None!r}, "
-                         f"expected {MODEL_FORMAT!r}")
-    coef, intercept, classes = arrays["coef"], arrays["intercept"], arrays["classes"]
-    k = len(classes)
-    rows = 1 if k == 2 else k
-    if (classes.ndim != 1 or k < 2 or coef.ndim != 2 or coef.shape[0] != rows
-            or intercept.shape != (rows,)):
-        raise ValueError(f"{name} is not a valid crossent model: coef {coef.shape}, "
-                         f"intercept {intercept.shape}, {k} classes")
+    arrays, meta = read_model_file(file)
     params = {p: v for p, v in meta.get("params", {}).items() if p in _PARAMS}
     model = SoftmaxRegression(**params)
-    model.classes_ = classes
+    try:
+        model._check_params()
+    except ValueError as exc:
+        raise ModelFileError(f"{meta['file']} is not a valid crossent model: {exc}") from None
+    coef = arrays["coef"]
+    model.classes_ = arrays["classes"]
     model.coef_ = coef
-    model.intercept_ = intercept
+    model.intercept_ = arrays["intercept"]
     model.n_features_in_ = coef.shape[1]
-    model.n_iter_ = int(meta.get("n_iter", 0))
+    n_iter = meta.get("n_iter", 0)
+    model.n_iter_ = n_iter if isinstance(n_iter, int) else 0
     model.loss_curve_ = []
     names = arrays.get("feature_names")
-    if names is not None and names.shape != (coef.shape[1],):
-        raise ValueError(f"{name} is not a valid crossent model: {names.shape} feature names "
-                         f"for {coef.shape[1]} features")
-    meta["feature_names"] = None if names is None else names.tolist()
-    if names is not None and meta.get("feature_names_in"):
-        model.feature_names_in_ = names.astype(object)
-    return model, meta
+    names_in = names.astype(object) if names is not None and meta.get("feature_names_in") \
+        else None
+    if not meta["standardize"]:
+        if names_in is not None:
+            model.feature_names_in_ = names_in
+        return model, meta
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    scale = arrays["feature_scale"]
+    scaler = StandardScaler()
+    scaler.mean_, scaler.scale_, scaler.var_ = arrays["feature_mean"], scale, scale**2
+    scaler.n_features_in_ = coef.shape[1]
+    train_rows = meta.get("train_rows", 0)
+    scaler.n_samples_seen_ = train_rows if isinstance(train_rows, int) else 0
+    if names_in is not None:
+        scaler.feature_names_in_ = names_in
+    return make_pipeline(scaler, model), meta

@@ -6,7 +6,8 @@ with the numbers the library prints.
 
 matplotlib is imported only inside these functions, and only its object-oriented API with the
 Agg canvas is used: no ``pyplot``, no global backend switch, no window.  Each function returns
-a :class:`matplotlib.figure.Figure`; :func:`save_png` writes one.  Needs matplotlib
+a :class:`matplotlib.figure.Figure`; :func:`save_figure` writes one as PNG, PDF, SVG, ...
+(chosen by the file name), :func:`save_png` as PNG.  Needs matplotlib
 (``pip install "crossent[plot]"``).
 """
 
@@ -29,6 +30,9 @@ __all__ = [
     "loss_gradient_figure",
     "overview_figure",
     "save_png",
+    "save_figure",
+    "figure_format",
+    "FIGURE_FORMATS",
     "DPI",
 ]
 
@@ -37,6 +41,11 @@ DPI = 100
 CURVES_INCHES = (10.0, 4.0)  # 1000 x 400
 SINGLE_INCHES = (6.0, 4.5)  # 600 x 450
 OVERVIEW_INCHES = (11.0, 8.0)  # 1100 x 800
+
+# The formats matplotlib writes with its own backends or Pillow (one of its dependencies);
+# not pgf, which needs LaTeX.
+FIGURE_FORMATS = ("png", "pdf", "svg", "svgz", "eps", "ps", "jpg", "jpeg", "tif", "tiff",
+                  "webp", "gif")
 
 _CE_COLOR = "tab:blue"
 _SE_COLOR = "tab:orange"
@@ -56,15 +65,21 @@ class LearningCurves:
 
 
 def _integer_ticks(*axes: Any) -> None:
-    from matplotlib.ticker import MaxNLocator
+    MaxNLocator = _matplotlib("matplotlib.ticker").MaxNLocator
 
     for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
+def _matplotlib(name: str) -> Any:
+    from ._optional import import_module
+
+    return import_module(name, "crossent's figures", "plot")
+
+
 def _figure(inches: tuple[float, float]) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    FigureCanvasAgg = _matplotlib("matplotlib.backends.backend_agg").FigureCanvasAgg
+    Figure = _matplotlib("matplotlib.figure").Figure
 
     fig = Figure(figsize=inches, dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
@@ -73,11 +88,33 @@ def _figure(inches: tuple[float, float]) -> Any:
 
 def save_png(fig: Any, file: Any) -> None:
     """Write ``fig`` as PNG to a path or a binary file object, at the figure's own size."""
+    save_figure(fig, file, "figure.png")
+
+
+def figure_format(name: str | os.PathLike) -> str | None:
+    """The format a figure named ``name`` is written in (its extension, lower case), or None
+    when crossent cannot write that kind of file."""
+    ext = os.path.splitext(os.fspath(name))[1].lower().lstrip(".")
+    return ext if ext in FIGURE_FORMATS else None
+
+
+def save_figure(fig: Any, file: Any, name: str | os.PathLike | None = None) -> None:
+    """Write ``fig`` to a path or a binary file object in the format ``name``'s extension
+    names (``name`` defaults to the path): PNG, PDF, SVG, EPS, ... (:data:`FIGURE_FORMATS`).
+    Raster formats are drawn at the figure's own size in pixels (:data:`DPI`)."""
+    if name is None:
+        if not isinstance(file, (str, os.PathLike)):
+            raise TypeError("save_figure needs the file name (its extension names the format)")
+        name = file
+    fmt = figure_format(name)
+    if fmt is None:
+        raise ValueError(f"cannot write a figure as {os.fspath(name)!r}: name the file with one "
+                         f"of {', '.join('.' + f for f in FIGURE_FORMATS)}")
     if isinstance(file, (str, os.PathLike)):
         with open(file, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=DPI)
+            fig.savefig(fh, format=fmt, dpi=DPI)
     else:
-        fig.savefig(file, format="png", dpi=DPI)
+        fig.savefig(file, format=fmt, dpi=DPI)
 
 
 # --------------------------------------------------------------------------------------------
@@ -99,15 +136,23 @@ def learning_curves_figure(curves: LearningCurves, title: str = "") -> Any:
                 title="cross-entropy of the predictions")
     ax_acc.set(xlabel="iteration", ylabel="accuracy", title="accuracy")
     _integer_ticks(ax_loss, ax_acc)
-    final = curves.test_accuracy or curves.train_accuracy
-    if final:
-        ax_acc.set_ylim(max(0.0, min(final[len(final) // 10:] or final) - 0.05), 1.005)
+    accuracies = curves.train_accuracy + curves.test_accuracy
+    if accuracies:
+        ax_acc.set_ylim(*accuracy_range(accuracies))
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
     if title:
         fig.suptitle(title)
     return fig
+
+
+def accuracy_range(values: list[float]) -> tuple[float, float]:
+    """The y range of an accuracy panel: every value shown, with a little room, within
+    [0, 1] plus that room."""
+    lo, hi = min(values), max(values)
+    pad = max(0.01, 0.05 * (hi - lo))
+    return max(0.0, lo - pad), min(1.0, hi) + pad
 
 
 def compare_figure(cross_entropy: LearningCurves, squared_error: LearningCurves,
@@ -129,6 +174,10 @@ def compare_figure(cross_entropy: LearningCurves, squared_error: LearningCurves,
     ax_loss.set(xlabel="epoch", ylabel="log loss (nats)", yscale="log",
                 title=f"{which} log loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title=f"{which} accuracy")
+    accuracies = [a for c in (cross_entropy, squared_error)
+                  for a in c.train_accuracy + c.test_accuracy]
+    if accuracies:
+        ax_acc.set_ylim(*accuracy_range(accuracies))
     _integer_ticks(ax_loss, ax_acc)
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
@@ -172,14 +221,14 @@ def _draw_softmax(ax: Any, logits: np.ndarray) -> None:
 
 def _correct_class_curves() -> tuple[np.ndarray, ...]:
     """Losses and ``dloss/dz`` of the correct class, two classes, logits ``[0, z]``."""
-    from .classifier import _cross_entropy_rows, _squared_error_rows
+    from ._row_losses import cross_entropy_rows, squared_error_rows
 
     z = np.log(_P) - np.log1p(-_P)  # the logit that gives p = softmax([0, z])[1]
     logits = np.column_stack([np.zeros_like(z), z])
     y = np.ones(len(z), dtype=np.int64)
     rows = np.ones(len(z))
     out = []
-    for loss_rows in (_cross_entropy_rows, _squared_error_rows):
+    for loss_rows in (cross_entropy_rows, squared_error_rows):
         per_row, grad = loss_rows(logits, y, None, 0.0, rows)
         out += [per_row, grad[:, 1]]
     return tuple(out)
@@ -201,7 +250,7 @@ def _draw_gradients(ax: Any, curves: tuple[np.ndarray, ...]) -> None:
     ax.plot(_P, -se_grad, color=_SE_COLOR, label="squared error  4 p (1 - p)^2")
     ax.set(xlabel="probability p of the correct class",
            ylabel="-dloss/dz (push on the correct logit)", ylim=(0, 1.05),
-           title="gradient: squared error stops pushing when badly wrong")
+           title="gradient on the correct logit:\nsquared error stops pushing when badly wrong")
     ax.grid(alpha=0.3)
     ax.legend()
 

@@ -3,24 +3,103 @@ policy every sub-command shares (``tests/support`` is on pytest's ``pythonpath``
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
+
+# Run as a script by `python -c`: the packages named in argv[1] (comma-separated) cannot be
+# imported, as in an installation without them, then `python -m crossent argv[2:]` runs.
+_WITHOUT = """\
+import importlib.abc, runpy, sys
+
+class Absent(importlib.abc.MetaPathFinder):
+    def __init__(self, names):
+        self.names = names
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in self.names:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, Absent(set(sys.argv[1].split(","))))
+del sys.argv[1]
+runpy.run_module("crossent", run_name="__main__", alter_sys=True)
+"""
 
 
-def crossent(*args: str, cwd=None, timeout: float = 300) -> subprocess.CompletedProcess:
+def _result(proc: subprocess.CompletedProcess, args: tuple[str, ...]
+            ) -> subprocess.CompletedProcess:
+    proc.command = args[0] if args else ""  # the sub-command, for assert_usage_error
+    return proc
+
+
+def crossent(*args: str, cwd=None, timeout: float = 300, env: dict | None = None
+             ) -> subprocess.CompletedProcess:
     """``python -m crossent ARGS`` with its output captured."""
-    return subprocess.run([sys.executable, "-m", "crossent", *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=cwd)
+    proc = subprocess.run([sys.executable, "-m", "crossent", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=cwd,
+                          env=None if env is None else {**os.environ, **env})
+    return _result(proc, args)
 
 
-def assert_usage_error(result: subprocess.CompletedProcess, fragment: str) -> None:
+def crossent_without(packages: tuple[str, ...], *args: str, cwd=None, timeout: float = 120
+                     ) -> subprocess.CompletedProcess:
+    """``python -m crossent ARGS`` in a process where ``packages`` cannot be imported."""
+    proc = subprocess.run([sys.executable, "-c", _WITHOUT, ",".join(packages), *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    return _result(proc, args)
+
+
+def python_without(packages: tuple[str, ...], code: str) -> subprocess.CompletedProcess:
+    """``python -c CODE`` where ``packages`` cannot be imported."""
+    blocker = _WITHOUT.split("del sys.argv[1]")[0]
+    return subprocess.run([sys.executable, "-c", blocker + code, ",".join(packages)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def peak_rss_bytes(*args: str, cwd=None) -> tuple[int, subprocess.CompletedProcess]:
+    """Run ``python -m crossent ARGS``; its peak resident memory (this child's alone, from
+    ``wait4``) and its result."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "crossent", *args], cwd=cwd,
+                                stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = code = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        result = subprocess.CompletedProcess(proc.args, code, out.read(), err.read())
+    return usage.ru_maxrss * 1024, _result(result, args)
+
+
+def assert_usage_error(result: subprocess.CompletedProcess, fragment: str, *,
+                       after_summary: bool = False) -> None:
     """Exit status 2, nothing on stdout, one readable line on stderr naming the sub-command,
-    no traceback."""
-    command = result.args[3]  # [python, -m, crossent, COMMAND, ...]
+    no traceback.  With ``after_summary`` (an error while training), stdout holds the data
+    summary that was printed before training started, and nothing after it."""
+    command = getattr(result, "command", None) or result.args[3]
     assert result.returncode == 2, (result.stdout, result.stderr)
-    assert result.stdout == ""
+    if after_summary:
+        lines = result.stdout.splitlines()
+        assert lines and lines[0].startswith(f"crossent {command}: "), result.stdout
+        assert lines[-1].startswith(("model: ", "both models: ", "columns left out: ")) \
+            or len(lines) == 1, result.stdout
+    else:
+        assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "Traceback" not in result.stderr
     assert lines[0].startswith(f"crossent {command}: error: "), lines[0]
     assert fragment in lines[0], lines[0]
+
+
+def real_table(name: str, folder: Path, **to_csv) -> Path:
+    """scikit-learn's ``wine``, ``breast_cancer``, ``iris`` or ``diabetes`` table, exported
+    to ``folder/<name>.csv`` with pandas' ``to_csv(**to_csv)`` (default: no index)."""
+    import sklearn.datasets
+
+    frame = getattr(sklearn.datasets, f"load_{name}")(as_frame=True).frame
+    path = folder / f"{name}.csv"
+    frame.to_csv(path, **{"index": False, **to_csv})
+    return path

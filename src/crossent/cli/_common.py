@@ -1,8 +1,9 @@
 """What the sub-commands share: data options, safe output files, training with curves, tables.
 
-Output files are written to a temporary file beside the target and then linked into place,
-so an existing file is never overwritten without ``--force`` (even by a race) and a failed
-write never leaves half a file behind.
+Output files are written to a temporary file beside the target and then linked (or, with
+``--force``, renamed) into place, so an existing file is never overwritten without
+``--force`` (even by a race), a failed write never leaves half a file behind, a replaced
+file keeps its permissions, and an input file is never an output, ``--force`` or not.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import stat
 import sys
 import tempfile
 import time
@@ -45,6 +47,8 @@ def _number_option(convert: Callable[[str], Any], accept: Callable[[Any], bool],
 
 
 positive_int = _number_option(int, lambda v: v >= 1, "a positive integer")
+# NumPy's and scikit-learn's seeds are unsigned 32-bit integers
+seed = _number_option(int, lambda v: 0 <= v < 2**32, "an integer in [0, 4294967295]")
 fraction = _number_option(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
 non_negative = _number_option(float, lambda v: 0.0 <= v < float("inf"), "a number >= 0")
 learning_rate = _number_option(lambda t: t if t == "auto" else float(t),
@@ -60,10 +64,18 @@ def add_training_data_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--target", metavar="COLUMN",
                    help="the label column: a CSV column name, an .npy column index, an .npz "
                    "array name (default: the last column; 'y' in an .npz)")
+    g.add_argument("--drop", nargs="+", action="extend", default=[], metavar="COLUMN",
+                   help="leave these columns out of the features (columns that identify rows, "
+                   "such as 'id', are left out anyway)")
+    g.add_argument("--no-standardize", dest="standardize", action="store_false",
+                   help="use the features as they are; by default each is standardised with "
+                   "the mean and standard deviation of the training rows, which the model "
+                   "file keeps and 'evaluate' and 'predict' apply")
     g.add_argument("--test-size", type=fraction, default=0.2, metavar="F",
                    help="fraction of rows held out for testing, 0 for none (default: 0.2)")
-    g.add_argument("--seed", type=int, default=0,
-                   help="seed of the train/test split and of sgd's shuffling (default: 0)")
+    g.add_argument("--seed", type=seed, default=0,
+                   help="seed of the train/test split and of sgd's shuffling, an integer in "
+                   "[0, 2**32) (default: 0)")
 
 
 def add_force(p: argparse.ArgumentParser) -> None:
@@ -75,10 +87,29 @@ def add_force(p: argparse.ArgumentParser) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def check_output(path: str | None, force: bool, option: str) -> None:
-    """Fail early (before any work) if ``path`` cannot be written or exists without --force."""
+# what training needs beyond NumPy: the classifier, the CSV parser, the progress bars
+TRAINING_PACKAGES = ("sklearn", "scipy", "threadpoolctl", "pandas", "tqdm")
+
+
+def same_path(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` are the same file (or would be, once created)."""
+    return _same_file(a, b)
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_output(path: str | None, force: bool, option: str,
+                 inputs: Sequence[tuple[str, str | None]] = ()) -> None:
+    """Fail early (before any work) if ``path`` cannot be written, exists without --force,
+    or is one of the ``inputs`` (``(option, path)`` pairs), which no option overwrites."""
     if path is None:
         return
+    check_not_input(path, option, inputs)
     if os.path.isdir(path):
         raise UsageError(f"{option} {path} is a directory; give a file name")
     if os.path.lexists(path) and not force:
@@ -92,20 +123,52 @@ def check_output(path: str | None, force: bool, option: str) -> None:
                          "not writable")
 
 
-def write_output(path: str, force: bool, option: str, write: Callable[[IO[bytes]], None]
-                 ) -> None:
+def check_not_input(path: str, option: str, inputs: Sequence[tuple[str, str | None]]) -> None:
+    for input_option, input_path in inputs:
+        if input_path is not None and _same_file(path, input_path):
+            raise UsageError(f"{option} {path} is the input file of {input_option}; choose "
+                             "another name (crossent never overwrites its inputs, even with "
+                             "--force)")
+
+
+def check_figure_output(path: str | None, force: bool, option: str,
+                        inputs: Sequence[tuple[str, str | None]] = ()) -> None:
+    """:func:`check_output`, and the file name must end in a format crossent can draw."""
+    if path is None:
+        return
+    from ..plots import FIGURE_FORMATS, figure_format
+
+    check_not_input(path, option, inputs)
+    if figure_format(path) is None:
+        raise UsageError(f"{option} {path}: cannot write a figure of that type; name the "
+                         f"file with one of {', '.join('.' + f for f in FIGURE_FORMATS)}")
+    check_output(path, force, option, inputs)
+
+
+def write_output(path: str, force: bool, option: str, write: Callable[[IO[bytes]], None],
+                 inputs: Sequence[tuple[str, str | None]] = ()) -> None:
     """Call ``write(file)`` on a temporary file and move it to ``path``.
 
     Without ``force`` the final step is a hard link, which fails if ``path`` appeared in the
-    meantime; with ``force`` it is an atomic replace.
+    meantime; with ``force`` it is an atomic rename over the old file, whose permissions the
+    new one takes (and through a symbolic link, the link's target is replaced, not the link).
+    The data is flushed to disk before the rename, so a crash leaves the old file or the new
+    one, never a mix.
     """
-    check_output(path, force, option)
+    check_output(path, force, option, inputs)
+    if force and os.path.islink(path):
+        path = os.path.realpath(path)
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".crossent-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
-        os.chmod(tmp, 0o666 & ~_umask())
+            fh.flush()
+            os.fsync(fh.fileno())
+        mode = 0o666 & ~_umask()
+        if force and os.path.exists(path):
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        os.chmod(tmp, mode)
         if force:
             os.replace(tmp, path)
         else:
@@ -135,17 +198,60 @@ def _umask() -> int:
 # --------------------------------------------------------------------------------------------
 
 
+# files at least this large show a progress bar while they are read (on a terminal)
+PROGRESS_MIN_BYTES = 16 << 20
+
+
+@contextlib.contextmanager
+def reading_progress(path: str | None) -> Iterator[Any]:
+    """A callback ``(done, total)`` that drives a byte-counting bar for a large file (None
+    for small files and .npy/.npz, which are read in one go)."""
+    if path is None or not path.lower().endswith(".csv") or not os.path.isfile(path) \
+            or os.path.getsize(path) < PROGRESS_MIN_BYTES:
+        yield None
+        return
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=os.path.getsize(path), desc=f"reading {os.path.basename(path)}",
+               unit="B", unit_scale=True, unit_divisor=1024, leave=False, disable=None,
+               file=sys.stderr, dynamic_ncols=True)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        yield update
+    finally:
+        bar.close()
+
+
 def load_training_data(args: argparse.Namespace) -> Any:
     from ..datasets import check_classes, load_digits, load_file
 
     if args.data is None:
         if args.target is not None:
             raise UsageError("--target needs --data (the bundled digits have their labels)")
+        if args.drop:
+            raise UsageError("--drop needs --data")
         data = load_digits()
     else:
-        data = load_file(args.data, args.target)
+        with reading_progress(args.data) as progress:
+            data = load_file(args.data, args.target, drop=args.drop, progress=progress)
     check_classes(data)
     return data
+
+
+def standardize(train: Any, test: Any) -> Any:
+    """A StandardScaler fitted on the training rows (columns of zero variance get scale 1),
+    and both sets standardised with it, in place (they are the split's own copies)."""
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler(copy=False).fit(train.X)
+    scaler.transform(train.X)
+    if test is not None:
+        scaler.transform(test.X)
+    return scaler
 
 
 def split(data: Any, test_size: float, seed: int) -> tuple[Any, Any]:
@@ -164,15 +270,31 @@ def split(data: Any, test_size: float, seed: int) -> tuple[Any, Any]:
     return train, test
 
 
+def release_features(data: Any) -> Any:
+    """``data`` without its feature matrix, once the split's train and test rows hold their
+    own copies: the full matrix need not stay in memory while the model trains."""
+    import dataclasses
+
+    return dataclasses.replace(data, X=np.empty((0, data.n_features)))
+
+
 def describe_data(data: Any) -> str:
     classes = len(np.unique(data.y))
     return (f"{data.source}: {data.n_samples} rows x {data.n_features} features, "
             f"{classes} classes")
 
 
+def describe_left_out(data: Any, dropped: Sequence[str]) -> str | None:
+    """``columns left out: id (identifies rows), ash (--drop)``, or None."""
+    parts = [f"{name} (identifies rows)" for name in data.identifiers]
+    parts += [f"{name} (--drop)" for name in dropped]
+    return "columns left out: " + ", ".join(parts) if parts else None
+
+
 def label_indices(model: Any, labels: np.ndarray, source: str) -> np.ndarray:
-    """Positions of ``labels`` in ``model.classes_``; one-line error for unknown labels."""
-    classes = np.asarray(model.classes_)
+    """Positions of ``labels`` in ``model.classes_`` (or in ``model``, an array of classes);
+    one-line error for unknown labels."""
+    classes = np.asarray(getattr(model, "classes_", model))
     if classes.dtype.kind in "iu" and labels.dtype.kind not in "iu":
         raise UsageError(f"{source} has text labels ({str(labels[0])!r}, ...) but the model's "
                          f"classes are numbers ({', '.join(map(str, classes[:5]))}, ...)")
@@ -205,9 +327,15 @@ def progress(total: int, desc: str) -> Iterator[Any]:
         bar.close()
 
 
+STANDARDIZE_HINT = "standardise the features (leave out --no-standardize)"
+
+
 def fit_with_curves(model: Any, train: Any, test: Any, *, track: bool, desc: str,
-                    label: str = "") -> tuple[Any, float, list[str]]:
+                    label: str = "", standardized: bool = True
+                    ) -> tuple[Any, float, list[str]]:
     """Fit ``model``; returns ``(curves, seconds, convergence warnings)``.
+
+    A fit that diverges is a :class:`UsageError` that names the command's ``--lr``.
 
     With ``track``, log loss and accuracy on the training and test sets are recorded after
     every iteration (this costs a prediction pass per iteration, so it is off unless a plot
@@ -241,13 +369,44 @@ def fit_with_curves(model: Any, train: Any, test: Any, *, track: bool, desc: str
 
         from sklearn.exceptions import ConvergenceWarning
 
+        from ..classifier import TrainingDiverged
+
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
             start = time.perf_counter()
-            model.fit(train.X, train.y, callback=callback)
+            try:
+                model.fit(train.X, train.y, callback=callback)
+            except TrainingDiverged:
+                raise UsageError(
+                    f"{model.solver} diverged (the objective is no longer finite) with a "
+                    f"learning rate of {model.learning_rate_:.3g}; lower --lr"
+                    + ("" if standardized else f", or {STANDARDIZE_HINT}")) from None
             seconds = time.perf_counter() - start - tracking_time
     notes = [str(w.message) for w in caught if issubclass(w.category, ConvergenceWarning)]
     return curves, seconds, notes
+
+
+def convergence(model: Any, standardized: bool) -> str:
+    """How the fit ended, with the criterion that decided it and, when it did not converge,
+    what to change, in the command's own options."""
+    if model.tol is None:
+        return "no early stopping"
+    g, tol = model.max_abs_gradient_, model.tol
+    measured = f"largest gradient entry {g:.2g}"
+    if model.converged_:
+        if g <= tol:
+            return f"converged: {measured} <= tol {tol:g}"
+        return f"converged: the objective stopped changing ({measured})"
+    scale = "" if standardized else f", or {STANDARDIZE_HINT}"
+    unit = "epochs" if model.solver == "sgd" else "iterations"
+    if model.n_iter_ >= model.max_iter:
+        return (f"not converged: {measured} > tol {tol:g} after --epochs {model.max_iter} "
+                f"{unit}; raise --epochs{scale}")
+    if model.solver == "sgd":
+        remedy = "lower --lr or use --solver lbfgs" if standardized else STANDARDIZE_HINT
+        return (f"not converged: the objective improved by less than {tol:g} for "
+                f"{model.n_iter_no_change} epochs, but {measured} > tol {tol:g}; {remedy}")
+    return f"not converged: {measured} > tol {tol:g}; L-BFGS-B stopped making progress{scale}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,3 +436,8 @@ def fmt(x: float, digits: int = 4) -> str:
     if x != x:  # NaN
         return "-"
     return f"{x:.{digits}f}"
+
+
+def flush() -> None:
+    """Show what is printed so far now (before a long fit), also when piped."""
+    sys.stdout.flush()

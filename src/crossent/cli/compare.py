@@ -17,6 +17,7 @@ from .train import add_model_options, make_model
 
 DEFAULT_PLOT = "compare.png"
 DEFAULT_EPOCHS = 50
+REQUIRES = common.TRAINING_PACKAGES + ("matplotlib",)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,34 +36,46 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                       f"no early stopping (default: {DEFAULT_EPOCHS})")
     out = p.add_argument_group("output")
     out.add_argument("--plot", metavar="FILE.png", default=DEFAULT_PLOT,
-                     help=f"where to write the plot (default: {DEFAULT_PLOT})")
+                     help="where to write the plot; its extension chooses the format: .png, "
+                     f".pdf, .svg, ... (default: {DEFAULT_PLOT})")
     common.add_force(out)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    common.check_output(args.plot, args.force, "--plot")
+    inputs = [("--data", args.data)]
+    common.check_figure_output(args.plot, args.force, "--plot", inputs)
     if args.epochs is None:
         args.epochs = DEFAULT_EPOCHS
     data = common.load_training_data(args)
+    summary = common.describe_data(data)
     train, test = common.split(data, args.test_size, args.seed)
+    data = common.release_features(data)
+    if args.standardize:
+        common.standardize(train, test)
+    which = "test" if test is not None else "train"
+    unit = "epoch" if args.solver == "sgd" else "iteration"
+    print(f"crossent compare: {summary}; "
+          + (f"{train.n_samples} train / {test.n_samples} test rows (seed {args.seed})"
+             if test is not None else "no test set"))
+    left_out = common.describe_left_out(data, args.drop)
+    if left_out:
+        print(left_out)
+    common.flush()
     runs = {}
     for loss, label in (("cross_entropy", "cross-entropy"), ("mse", "squared error")):
         model = make_model(args, loss=loss, tol=None)
         curves, _, _ = common.fit_with_curves(
-            model, train, test, track=True, desc=label, label=label)
+            model, train, test, track=True, desc=label, label=label,
+            standardized=args.standardize)
         runs[loss] = (model, curves)
 
     (ce_model, ce), (_, se) = runs["cross_entropy"], runs["mse"]
-    which = "test" if test is not None else "train"
-    unit = "epoch" if args.solver == "sgd" else "iteration"
     lr = getattr(ce_model, "learning_rate_", None)
-    print(f"crossent compare: {common.describe_data(data)}; "
-          + (f"{train.n_samples} train / {test.n_samples} test rows (seed {args.seed})"
-             if test is not None else "no test set"))
+    features = "standardised features" if args.standardize else "features as given"
     print(f"both models: {args.solver}, {args.epochs} {unit}s, "
           + (f"learning rate {lr:.3g}, " if lr else "")
-          + f"alpha {args.alpha:g}, seed {args.seed}; curves: {which} set")
+          + f"alpha {args.alpha:g}, seed {args.seed}, {features}; curves: {which} set")
     print()
 
     def loss_of(c, i):
@@ -93,13 +106,14 @@ def run(args: argparse.Namespace) -> int:
          f"{acc_of(se, n - 1):.4f} {which} accuracy"),
     ]))
 
-    from ..plots import compare_figure, save_png
+    from ..plots import compare_figure, save_figure
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fig = compare_figure(ce, se, title=f"cross-entropy vs squared error: softmax "
                              f"regression on {data.source.rsplit('/', 1)[-1]} "
                              f"({args.solver}, same step size)")
-    common.write_output(args.plot, args.force, "--plot", lambda fh: save_png(fig, fh))
+    common.write_output(args.plot, args.force, "--plot",
+                        lambda fh: save_figure(fig, fh, args.plot), inputs)
     print(f"plot saved to {args.plot}")
     return 0

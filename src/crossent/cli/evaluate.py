@@ -12,6 +12,8 @@ import numpy as np
 
 from . import _common as common
 
+REQUIRES = ("sklearn", "scipy", "threadpoolctl", "pandas")
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -31,18 +33,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def load(args: argparse.Namespace, *, require_target: bool):
-    """The model and the data file, matched up (shared with ``crossent predict``).
+def load(args: argparse.Namespace, *, require_target: bool, text: tuple[str, ...] = ()):
+    """The model, the data file matched up with it, and the table it was read from (shared
+    with ``crossent predict``; ``text`` names columns to read as text: the id column).
 
     The label column is ``--target``, else the column the model was trained on, else (for
     evaluation) the file's default label column, unless that is one of the model's features.
+    A model trained on standardised features standardises these too (it is a pipeline).
+    Everything about the files is checked before scikit-learn is loaded, so that a mistake
+    is reported at once.
     """
-    from ..classifier import load_model
+    from .._model_file import read_model_file
     from ..datasets import DataError, default_target, load_file, read_table
 
-    model, meta = load_model(args.model)
+    arrays, meta = read_model_file(args.model)
     names = tuple(meta["feature_names"]) if meta.get("feature_names") else None
-    table = read_table(args.data)
+    with common.reading_progress(args.data) as progress:
+        table = read_table(args.data, text=text, progress=progress)
+    for column in text:
+        if column not in table.columns:
+            raise DataError(f"--id column {column!r} is not in {args.data}")
+        if names is not None and column in names:
+            raise DataError(f"--id column {column!r} is one of the model's features")
     target = args.target
     if target is None and meta.get("target") in table.columns:
         target = meta["target"]
@@ -53,17 +65,25 @@ def load(args: argparse.Namespace, *, require_target: bool):
                 f"{args.data} has no label column: the model's is "
                 f"{meta.get('target')!r}; name the file's with --target")
     data = load_file(table, target, feature_names=names, require_target=require_target)
-    if data.n_features != model.n_features_in_:
+    n_features = arrays["coef"].shape[1]
+    if data.n_features != n_features:
         raise common.UsageError(
             f"{args.data} has {data.n_features} feature columns but the model "
-            f"{args.model} was trained on {model.n_features_in_}")
-    return model, data
+            f"{args.model} was trained on {n_features}")
+    if require_target:
+        common.label_indices(arrays["classes"], data.y, args.data)
+    from ..classifier import load_model
+
+    model, _ = load_model(args.model)
+    return model, data, table
 
 
 def run(args: argparse.Namespace) -> int:
     from ..metrics import accuracy, confusion_matrix, log_loss, precision_recall
 
-    model, data = load(args, require_target=True)
+    if common.same_path(args.model, args.data):
+        raise common.UsageError(f"--model and --data name the same file ({args.data})")
+    model, data, _ = load(args, require_target=True)
     y = common.label_indices(model, data.y, args.data)
     proba = model.predict_proba(data.X)
     predicted = np.argmax(proba, axis=1)

@@ -17,6 +17,7 @@ from ..functional import cross_entropy_with_grad, log_softmax, nll_loss_with_gra
 from . import UsageError
 
 DEFAULT_LOGITS = (2.0, 4.0, 0.5)
+REQUIRES: tuple[str, ...] = ()
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,12 +25,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "explain",
         help="walk through the cross-entropy of one example, step by step",
         description="Walk through cross-entropy for one example: logits -> softmax -> log -> "
-        "pick the target -> loss, and the gradient softmax - onehot. "
+        "pick the target -> loss, and the gradient softmax - onehot. Logits may be -inf (a "
+        "class that gets probability 0), as in PyTorch. "
         "Default: logits 2 4 0.5, target 0 (loss 2.153178).",
     )
     src = p.add_mutually_exclusive_group()
     src.add_argument("--logits", type=float, nargs="+", metavar="Z",
-                     help="raw scores, one per class (default: 2 4 0.5)")
+                     help="raw scores, one per class; -inf allowed (default: 2 4 0.5)")
     src.add_argument("--probs", type=float, nargs="+", metavar="P",
                      help="predicted probabilities instead of logits (must sum to 1)")
     p.add_argument("--target", type=int, default=0, metavar="K",
@@ -40,9 +42,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _num(x: float) -> str:
-    """Six decimals without trailing zeros: 2, 0.5, -2.153178."""
-    text = f"{float(x):.6f}".rstrip("0").rstrip(".")
+    """Six decimals without trailing zeros (2, 0.5, -2.153178), or six significant digits in
+    scientific notation for magnitudes from 1e6 and below 1e-6 (-1e+30, 2.5e-09); ``-inf``."""
+    x = float(x)
+    if not math.isfinite(x):
+        return str(x)
+    if x != 0 and not 1e-6 <= abs(x) < 1e6:
+        return f"{x:.6g}"
+    text = f"{x:.6f}".rstrip("0").rstrip(".")
     return "0" if text in ("-0", "") else text
+
+
+def _rounding_zero(x: float) -> float:
+    """A sum that is 0 but for rounding (1e-17) shows as 0."""
+    return 0.0 if abs(x) < 1e-12 else x
+
+
+def _fixed(x: float) -> str:
+    """Exactly six decimals (the loss, as PyTorch users read it), or :func:`_num`'s notation
+    where six decimals would be unreadable."""
+    x = float(x)
+    if math.isfinite(x) and x != 0 and not 1e-6 <= abs(x) < 1e6:
+        return _num(x)
+    return f"{x:.6f}"
 
 
 def _fmt(v: np.ndarray | float) -> str:
@@ -74,8 +96,12 @@ def _check_target(target: int, classes: int) -> None:
 def _explain_logits(z: np.ndarray, y: int, log_unit: float, log_name: str,
                     unit: str) -> list[str]:
     _check_target(y, z.size)
-    if not np.all(np.isfinite(z)):
-        raise UsageError("--logits must be finite numbers")
+    if np.any(np.isnan(z) | (z == np.inf)):
+        raise UsageError("--logits must be numbers or -inf (PyTorch's loss is NaN for NaN and "
+                         "+inf logits)")
+    if np.all(z == -np.inf):
+        raise UsageError("--logits must not all be -inf: no class would have a probability "
+                         "(PyTorch's loss is NaN)")
     m = z.max()
     shifted = z - m
     e = np.exp(shifted)
@@ -94,12 +120,12 @@ def _explain_logits(z: np.ndarray, y: int, log_unit: float, log_name: str,
         f"2 exponentiate    exp(z - m) = {_fmt(e)};  sum = {_num(e.sum())}",
         f"3 normalise       p = softmax(z) = exp(z - m) / sum = {_fmt(p)}",
         f"4 take the log    {log_name} p = {_fmt(logp)}",
-        f"5 pick the target {log_name} p[{y}] = {logp[y]:.6f}",
-        f"6 loss            L = -{log_name} p[{y}] = {float(loss):.6f} {unit}",
+        f"5 pick the target {log_name} p[{y}] = {_fixed(logp[y])}",
+        f"6 loss            L = -{log_name} p[{y}] = {_fixed(loss)} {unit}",
         "",
         f"  gradient        dL/dz = {grad_formula} = {_fmt(grad)}",
         f"                  with onehot(y) = {_fmt(onehot)}; the components sum to "
-        f"{_num(grad.sum())}:",
+        f"{_num(_rounding_zero(grad.sum()))}:",
         "                  raising the true logit lowers the loss, raising any other raises it",
     ]
 
@@ -122,10 +148,10 @@ def _explain_probabilities(p: np.ndarray, y: int, log_unit: float, log_name: str
         "",
         f"  probabilities   p = {_fmt(p)}      true class y = {y}",
         f"1 take the log    {log_name} p = {_fmt(logp / log_unit)}",
-        f"2 pick the target {log_name} p[{y}] = {logp[y] / log_unit:.6f}",
-        f"3 loss            L = -{log_name} p[{y}] = {float(loss):.6f} {unit}",
+        f"2 pick the target {log_name} p[{y}] = {_fixed(logp[y] / log_unit)}",
+        f"3 loss            L = -{log_name} p[{y}] = {_fixed(loss)} {unit}",
         "",
         f"  gradient        dL/dp[{y}] = -1 / ({'ln 2 * ' if unit == 'bits' else ''}p[{y}]) = "
-        f"{grad_p:.6f} (the other probabilities do not enter the loss)",
+        f"{_fixed(grad_p)} (the other probabilities do not enter the loss)",
         f"                  dL/d(log p) = {_fmt(grad)}",
     ]

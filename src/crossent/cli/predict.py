@@ -1,8 +1,11 @@
 """``crossent predict``: class probabilities and the predicted label for every row.
 
-Writes CSV: one column ``prob_<class>`` per class, then ``predicted``.  Probabilities are
-written in Python's shortest round-trip form, so ``crossent score`` on the file gives
-exactly the log loss ``crossent evaluate`` prints.
+Writes CSV: the id column (``--id``, or the first column named as ids are: ``id``,
+``PassengerId``, ...), copied as it is written in the data file; one column
+``prob_<class>`` per class; then ``predicted``.  Probabilities are written in Python's
+shortest round-trip form, so ``crossent score`` on the file gives exactly the log loss
+``crossent evaluate`` prints, and with the id column it matches the rows of a labels file
+by id.
 """
 
 from __future__ import annotations
@@ -10,11 +13,14 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import os
 import sys
 
 import numpy as np
 
 from . import _common as common
+
+REQUIRES = ("sklearn", "scipy", "threadpoolctl", "pandas")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "predict",
         help="write class probabilities and the predicted label of every row as CSV",
         description="Write the class probabilities and the predicted label of every row of "
-        "FILE as CSV (columns prob_<class>..., predicted), to --out or to standard output.",
+        "FILE as CSV (columns [id,] prob_<class>..., predicted), to --out or to standard "
+        "output.",
     )
     p.add_argument("--model", required=True, metavar="MODEL.npz",
                    help="a model saved by 'crossent train --out'")
@@ -31,32 +38,63 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "present, is ignored")
     p.add_argument("--target", metavar="COLUMN",
                    help="the label column to leave out (default: the model's, if present)")
+    p.add_argument("--id", metavar="COLUMN",
+                   help="copy this column of FILE (row ids) to the output as its first column, "
+                   "so that 'crossent score' matches rows by it (default: the first column "
+                   "named as ids are, such as 'id' or 'PassengerId', if FILE has one)")
     p.add_argument("--out", metavar="PREDS.csv", help="output file (default: standard output)")
     common.add_force(p)
     p.set_defaults(run=run)
 
 
-def predictions_csv(model, X: np.ndarray) -> str:
+def predictions_csv(model, X: np.ndarray, ids: tuple[str, np.ndarray] | None = None) -> str:
+    """The CSV text: ``[id,] prob_<class>..., predicted``."""
     proba = model.predict_proba(X)
     labels = model.classes_[np.argmax(proba, axis=1)]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow([f"prob_{c}" for c in model.classes_] + ["predicted"])
-    for row, label in zip(proba.tolist(), labels.tolist()):
-        writer.writerow([repr(p) for p in row] + [label])
+    id_name, id_values = ids if ids is not None else (None, None)
+    writer.writerow(([id_name] if ids else []) + [f"prob_{c}" for c in model.classes_]
+                    + ["predicted"])
+    for i, (row, label) in enumerate(zip(proba.tolist(), labels.tolist())):
+        writer.writerow(([str(id_values[i])] if ids else []) + [repr(p) for p in row]
+                        + [label])
     return buf.getvalue()
+
+
+def _id_column(args: argparse.Namespace) -> str | None:
+    """``--id``, else the data file's first column named as ids are (``id``,
+    ``PassengerId``, ...: :func:`crossent.datasets.is_identifier_name`; CSV files only)."""
+    if args.id is not None:
+        if not args.data.lower().endswith(".csv"):
+            raise common.UsageError("--id needs a CSV data file (its columns have names)")
+        return args.id
+    if args.data.lower().endswith(".csv") and os.path.isfile(args.data):
+        from ..datasets import DataError, csv_header, is_identifier_name
+
+        try:
+            header, _ = csv_header(args.data)
+        except DataError:
+            return None  # reading the file proper will say what is wrong
+        return next((name for name in header if is_identifier_name(name)), None)
+    return None
 
 
 def run(args: argparse.Namespace) -> int:
     from .evaluate import load
 
-    common.check_output(args.out, args.force, "--out")
-    model, data = load(args, require_target=False)
-    text = predictions_csv(model, data.X)
+    inputs = [("--data", args.data), ("--model", args.model)]
+    common.check_output(args.out, args.force, "--out", inputs)
+    id_column = _id_column(args)
+    model, data, table = load(args, require_target=False,
+                              text=(id_column,) if id_column else ())
+    ids = None if id_column is None else (id_column, table.columns[id_column])
+    text = predictions_csv(model, data.X, ids)
     if args.out is None:
         sys.stdout.write(text)
         return 0
-    common.write_output(args.out, args.force, "--out", lambda fh: fh.write(text.encode()))
+    common.write_output(args.out, args.force, "--out", lambda fh: fh.write(text.encode()),
+                        inputs)
     print(f"crossent predict: {data.n_samples} rows of {args.data} -> {args.out}",
           file=sys.stderr)
     return 0

@@ -1,9 +1,11 @@
 """``crossent train``: fit a softmax regression and print how well it does.
 
-The whole pipeline of the textbooks on real data: features ``x``, logits ``Wx + b``, softmax,
-cross-entropy against the label, and a solver that follows the gradient.  By default it
-trains on scikit-learn's bundled digits with the 80/20 split scikit-learn's examples use.
-The numbers in the table are :func:`crossent.metrics.log_loss` and
+The whole pipeline of the textbooks on real data: features ``x`` (standardised with the
+training rows' mean and standard deviation, as ``make_pipeline(StandardScaler(), ...)``
+does), logits ``Wx + b``, softmax, cross-entropy against the label, and a solver that follows
+the gradient.  By default it trains on scikit-learn's bundled digits with the 80/20 split
+scikit-learn's examples use.  The data summary is printed before training starts.  The
+numbers in the table are :func:`crossent.metrics.log_loss` and
 :func:`crossent.metrics.accuracy` of the fitted model's probabilities, the same functions
 ``crossent score`` and ``crossent evaluate`` use.
 """
@@ -21,10 +23,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train a softmax-regression classifier (default: on the bundled digits)",
-        description="Train a softmax-regression classifier (logits Wx + b, softmax, "
-        "cross-entropy, L2 penalty) and print its loss and accuracy on the training and "
-        "test sets. Without --data it trains on scikit-learn's bundled 8x8 digits with an "
-        "80/20 split (seed 0).",
+        description="Train a softmax-regression classifier (standardised features, logits "
+        "Wx + b, softmax, cross-entropy, L2 penalty) and print its loss and accuracy on the "
+        "training and test sets. Without --data it trains on scikit-learn's bundled 8x8 "
+        "digits with an 80/20 split (seed 0).",
     )
     common.add_training_data_options(p)
     add_model_options(p)
@@ -32,7 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     out.add_argument("--out", metavar="MODEL.npz",
                      help="save the model (plain arrays and JSON metadata, no pickle)")
     out.add_argument("--plot", metavar="CURVES.png",
-                     help="save the learning curves (log loss and accuracy per iteration)")
+                     help="save the learning curves (log loss and accuracy per iteration); "
+                     "the file's extension chooses the format: .png, .pdf, .svg, ...")
     common.add_force(out)
     p.set_defaults(run=run)
 
@@ -72,43 +75,65 @@ def make_model(args: argparse.Namespace, loss: str | None = None, **overrides):
     return SoftmaxRegression(**params)
 
 
+NEEDS_TEXT = "scikit-learn, SciPy, pandas, tqdm; matplotlib for --plot"
+MAY_NEED = ("matplotlib",)
+
+
+def requires(args: argparse.Namespace) -> tuple[str, ...]:
+    """The optional packages this run needs (checked before it starts)."""
+    return common.TRAINING_PACKAGES + (("matplotlib",) if args.plot else ())
+
+
 def run(args: argparse.Namespace) -> int:
     from ..metrics import accuracy, log_loss
 
-    common.check_output(args.out, args.force, "--out")
-    common.check_output(args.plot, args.force, "--plot")
-    if args.out and args.plot and args.out == args.plot:
+    inputs = [("--data", args.data)]
+    common.check_output(args.out, args.force, "--out", inputs)
+    common.check_figure_output(args.plot, args.force, "--plot", inputs)
+    if args.out and args.plot and common.same_path(args.out, args.plot):
         raise common.UsageError("--out and --plot name the same file")
     data = common.load_training_data(args)
+    summary = common.describe_data(data)
     train, test = common.split(data, args.test_size, args.seed)
+    data = common.release_features(data)
+    scaler = common.standardize(train, test) if args.standardize else None
     model = make_model(args)
-    curves, seconds, notes = common.fit_with_curves(
-        model, train, test, track=args.plot is not None, desc=f"train ({args.solver})")
+    loss_name = "cross-entropy" if model.loss == "cross_entropy" else "squared error"
+    split = ("no test set" if test is None else
+             f"{train.n_samples} train / {test.n_samples} test rows (seed {args.seed})")
+    print(f"crossent train: {summary}; {split}")
+    left_out = common.describe_left_out(data, args.drop)
+    if left_out:
+        print(left_out)
+    features = "standardised features" if scaler is not None else "features as given"
+    print(f"model: SoftmaxRegression, {loss_name} loss, {model.solver} solver, "
+          f"alpha {model.alpha:g}, {features}")
+    common.flush()
 
+    curves, seconds, _ = common.fit_with_curves(
+        model, train, test, track=args.plot is not None, desc=f"train ({args.solver})",
+        standardized=scaler is not None)
     y_train = common.label_indices(model, train.y, "the training data")
-    rows = [("train", common.fmt(log_loss(y_train, model.predict_proba(train.X))),
-             common.fmt(accuracy(y_train, model.predict_proba(train.X))), train.n_samples)]
+    p_train = model.predict_proba(train.X)
+    rows = [("train", common.fmt(log_loss(y_train, p_train)),
+             common.fmt(accuracy(y_train, p_train)), train.n_samples)]
     if test is not None:
         y_test = common.label_indices(model, test.y, "the test data")
         p_test = model.predict_proba(test.X)
         rows.append(("test", common.fmt(log_loss(y_test, p_test)),
                      common.fmt(accuracy(y_test, p_test)), test.n_samples))
-    split = ("no test set" if test is None else
-             f"{train.n_samples} train / {test.n_samples} test rows (seed {args.seed})")
-    loss_name = "cross-entropy" if model.loss == "cross_entropy" else "squared error"
     unit = "epochs" if model.solver == "sgd" else "iterations"
-    status = "stopped at the limit: " + notes[0] if notes else "converged"
-    lr = getattr(model, "learning_rate_", None)
-    print(f"crossent train: {common.describe_data(data)}; {split}")
-    print(f"model: SoftmaxRegression, {loss_name} loss, {model.solver} solver, "
-          f"alpha {model.alpha:g}" + (f", learning rate {lr:.3g}" if lr else ""))
     print()
     print(common.table(rows, header=("", "log loss", "accuracy", "rows")))
     print()
     print(common.pairs([
-        (unit, f"{model.n_iter_} ({status})"),
+        (unit, f"{model.n_iter_} ({common.convergence(model, scaler is not None)})"),
         ("objective", f"{model.loss_curve_[-1]:.6f} (mean {loss_name} + L2 penalty)"
          if model.loss_curve_ else "-"),
+        *([("learning rate", f"{model.learning_rate_:.3g}"
+            + (" (auto: 1/L)" if model.solver == "gd" and args.lr == "auto" else
+               " (auto: 0.1/L)" if args.lr == "auto" else ""))]
+          if model.solver != "lbfgs" else []),
         ("fit time", f"{seconds:.2f} s"),
     ]))
 
@@ -120,23 +145,31 @@ def run(args: argparse.Namespace) -> int:
             "target": data.target_name,
             "trained_on": data.source,
             "train_rows": train.n_samples,
+            "identifiers": list(data.identifiers),
+            "dropped": list(args.drop),
             "seed": args.seed,
             "test_size": args.test_size,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
                 timespec="seconds"),
             "crossent_version": __version__,
         }
+        saved = model
+        if scaler is not None:
+            from sklearn.pipeline import make_pipeline
+
+            saved = make_pipeline(scaler, model)
         common.write_output(args.out, args.force, "--out", lambda fh: save_model(
-            model, fh, feature_names=list(data.feature_names), metadata=meta))
+            saved, fh, feature_names=list(data.feature_names), metadata=meta), inputs)
         print(f"model saved to {args.out}")
     if args.plot:
-        from ..plots import learning_curves_figure, save_png
+        from ..plots import learning_curves_figure, save_figure
 
         title = (f"SoftmaxRegression ({loss_name}, {model.solver}) on "
                  f"{data.source.rsplit('/', 1)[-1]}")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. log-scale warnings on a constant curve
             fig = learning_curves_figure(curves, title=title)
-        common.write_output(args.plot, args.force, "--plot", lambda fh: save_png(fig, fh))
+        common.write_output(args.plot, args.force, "--plot",
+                            lambda fh: save_figure(fig, fh, args.plot), inputs)
         print(f"learning curves saved to {args.plot}")
     return 0
