@@ -325,7 +325,7 @@ def test_page_blocks_run(page: Path, tmp_path, monkeypatch):
 def _reference_objects() -> list[tuple[str, object]]:
     """Every object a Reference page documents with ``::: identifier``, with its members."""
     found: dict[str, object] = {}
-    for page in sorted((DOCS / "reference").glob("*.md")):
+    for page in sorted((DOCS / "reference").rglob("*.md")):
         text = page.read_text()
         for ident, options in re.findall(r"^::: ([\w.]+)\n((?:[ \t]+.*\n?)*)", text, re.M):
             module = importlib.import_module(ident)
@@ -369,6 +369,41 @@ def test_reference_examples():
     assert not unexpected, "".join(unexpected.values())
     fixed = KNOWN_WRONG_EXAMPLES - set(failed)
     assert not fixed, f"these examples pass now: remove them from KNOWN_WRONG_EXAMPLES: {fixed}"
+
+
+def _losses() -> list[tuple[str, object]]:
+    """Every public loss (and softmax helper) of the NumPy and torch APIs, the distributed
+    losses included."""
+    import crossent.functional
+    import crossent.torch
+    import crossent.torch.distributed
+
+    found = []
+    for module, names in ((crossent.functional, crossent.functional.__all__),
+                          (crossent.torch, crossent.torch.__all__),
+                          (crossent.torch.distributed, ["vocab_parallel_cross_entropy",
+                                                        "vocab_parallel_linear_cross_entropy"])):
+        found += [(f"{module.__name__}.{name}", getattr(module, name)) for name in names]
+    return found
+
+
+def test_loss_docstrings_carry_maths_shapes_and_an_example():
+    """DESIGN.md example 6: each loss's docstring has a ``.. math::`` line, shapes written
+    as ``(N, C)`` (or ``(N, D)``, ``(..., V_local)``) and a doctest with printed output
+    (run by ``test_reference_examples``)."""
+    import inspect
+
+    lacking = {}
+    for name, obj in _losses():
+        doc = inspect.getdoc(obj) or ""
+        missing = [what for what, ok in (
+            ("maths", ".. math::" in doc),
+            ("shapes", re.search(r"``\((?:N|B|\.\.\.), ", doc) is not None),
+            ("an example", re.search(r"^>>> .*\n(?!>>>)\S", doc, re.M) is not None),
+        ) if not ok]
+        if missing:
+            lacking[name] = missing
+    assert not lacking, f"docstrings without maths, shapes or a printed example: {lacking}"
 
 
 def _load_hook(name: str):

@@ -713,7 +713,8 @@ def binary_cross_entropy_with_grad(input: Any, target: Any, weight: Any = None,
             ``'sum'``, an array of the loss's shape for ``'none'``; None means 1.
 
     Returns:
-        ``(loss, grad_input)``, ``grad_input`` of the input's shape and dtype.
+        ``(loss, grad_input)``, ``grad_input`` of the input's shape (``(N,)``, ``(N, L)``, ...)
+        and dtype.
 
     >>> loss, grad = binary_cross_entropy_with_grad([0.9, 0.2], [1.0, 0.0])
     >>> round(float(loss), 6), grad  # (0.9 - 1) / 0.09 / 2 and 0.2 / 0.16 / 2
@@ -814,7 +815,8 @@ def binary_cross_entropy_with_logits_with_grad(
             ``'sum'``, an array of the loss's shape for ``'none'``; None means 1.
 
     Returns:
-        ``(loss, grad_input)``, ``grad_input`` of the input's shape and dtype.
+        ``(loss, grad_input)``, ``grad_input`` of the input's shape (``(N,)``, ``(N, L)``, ...)
+        and dtype.
 
     >>> loss, grad = binary_cross_entropy_with_logits_with_grad([2.0, -1.0], [1.0, 0.0])
     >>> round(float(loss), 6), grad  # (sigmoid(2) - 1) / 2 and sigmoid(-1) / 2

@@ -192,7 +192,7 @@ def patch(model, *, z_loss: float = 0.0, label_smoothing: float = 0.0,
     Patching again replaces the options; :func:`unpatch` restores the model.
 
     Args:
-        model: a ``transformers.PreTrainedModel`` causal language model.
+        model (transformers.PreTrainedModel): a causal language model.
         z_loss: coefficient of ``lse**2`` added per token (PaLM: 1e-4); 0 is Hugging Face's loss.
         label_smoothing: as in ``F.cross_entropy``; 0 is Hugging Face's loss.
         chunk_size: rows per chunk of linear_cross_entropy; None chooses by memory.
@@ -202,7 +202,7 @@ def patch(model, *, z_loss: float = 0.0, label_smoothing: float = 0.0,
             needs the logits).
 
     Returns:
-        ``model`` itself.
+        model (transformers.PreTrainedModel): ``model`` itself, patched in place.
 
     Raises:
         UnsupportedModelError: the model is not a causal LM whose logits come from a plain
@@ -638,14 +638,17 @@ def causal_lm_loss(logits, labels, vocab_size: int, num_items_in_batch=None,
     ``loss_function``; it takes the arguments that models pass to ``self.loss_function``.
 
     Args:
-        logits: ``(B, T, V)``: a patched model's stand-in (no memory), or real logits.
-        labels: ``(B, T)`` token ids, ``ignore_index`` where nothing is scored; unshifted.
+        logits (torch.Tensor): ``(B, T, V)``: a patched model's stand-in (no memory), or
+            real logits.
+        labels (torch.Tensor): ``(B, T)`` token ids, unshifted, ``ignore_index`` where
+            nothing is scored.
         vocab_size: ``V``.
-        num_items_in_batch: the number of scored tokens of the whole accumulated batch
-            (a number or a 0-d tensor); None: ``'mean'`` over this call's tokens.
+        num_items_in_batch (int | torch.Tensor | None): the number of scored tokens of the
+            whole accumulated batch (a number or a 0-d tensor); None: ``'mean'`` over this
+            call's tokens.
         ignore_index: the label that is not scored.
-        shift_labels: ``(B, T)`` labels already shifted (``labels`` then unused for
-            scoring), as ``ForCausalLMLoss`` takes them.
+        shift_labels (torch.Tensor | None): ``(B, T)`` labels already shifted (``labels``
+            is then not used for scoring), as ``ForCausalLMLoss`` takes them.
 
     Returns:
         A 0-d float32 tensor whatever the model's dtype (Hugging Face's loss upcasts the
