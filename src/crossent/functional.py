@@ -134,7 +134,7 @@ def logsumexp(x: Any, axis: Any = -1, keepdims: bool = False) -> np.ndarray:
 
     Returns:
         ``x``'s shape without ``axis`` (``(N,)`` for ``(N, C)`` and ``axis=1``), or with it
-        as 1 under ``keepdims``; ``x``'s dtype.
+            as 1 under ``keepdims``; ``x``'s dtype.
 
     >>> float(logsumexp([1.0, 2.0, 3.0]))
     3.4076059644443806
@@ -176,7 +176,7 @@ def log_softmax(x: Any, axis: int = -1) -> np.ndarray:
 
     Returns:
         An array of ``x``'s shape and dtype (empty in, empty out; a finite 0-d value
-        gives 0).
+            gives 0).
 
     >>> np.round(log_softmax([2.0, 4.0, 0.5]), 6)
     array([-2.153178, -0.153178, -3.653178])
@@ -210,7 +210,7 @@ def softmax(x: Any, axis: int = -1) -> np.ndarray:
 
     Returns:
         Probabilities of ``x``'s shape and dtype, summing to 1 along ``axis`` (empty in,
-        empty out; a finite 0-d value gives 1).
+            empty out; a finite 0-d value gives 1).
 
     >>> np.round(softmax([-9.0, 5.0, 10.0]), 6)
     array([0.      , 0.006693, 0.993307])
@@ -459,8 +459,9 @@ def cross_entropy_with_grad(
             ``'sum'``, an array of the target's shape for ``'none'``; None means 1.
 
     Returns:
-        ``(loss, grad_input)``: the loss of :func:`cross_entropy`, and an array of
-        ``input``'s shape ``(N, C)`` (or ``(C,)``, ``(N, C, d1, ..., dK)``) and dtype.
+        loss: the loss of :func:`cross_entropy`.
+        grad_input: the gradient, an array of ``input``'s shape ``(N, C)`` (or ``(C,)``,
+            ``(N, C, d1, ..., dK)``) and dtype.
 
     >>> loss, grad = cross_entropy_with_grad([[2.0, 4.0, 0.5]], [0])
     >>> np.round(grad, 6)
@@ -564,8 +565,9 @@ def nll_loss_with_grad(input: Any, target: Any, weight: Any = None, ignore_index
             ``'sum'``, an array of the loss's shape for ``'none'``; None means 1.
 
     Returns:
-        ``(loss, grad_input)``: the loss of :func:`nll_loss`, and an array of ``input``'s
-        shape ``(N, C)`` (or ``(C,)``, ``(N, C, d1, ..., dK)``) and dtype.
+        loss: the loss of :func:`nll_loss`.
+        grad_input: the gradient, an array of ``input``'s shape ``(N, C)`` (or ``(C,)``,
+            ``(N, C, d1, ..., dK)``) and dtype.
 
     >>> log_p = np.log([[0.6, 0.2, 0.2], [0.1, 0.7, 0.2]])
     >>> loss, grad = nll_loss_with_grad(log_p, [2, 1], weight=[1.0, 1.0, 3.0])
@@ -713,8 +715,9 @@ def binary_cross_entropy_with_grad(input: Any, target: Any, weight: Any = None,
             ``'sum'``, an array of the loss's shape for ``'none'``; None means 1.
 
     Returns:
-        ``(loss, grad_input)``, ``grad_input`` of the input's shape (``(N,)``, ``(N, L)``, ...)
-        and dtype.
+        loss: the loss of :func:`binary_cross_entropy`.
+        grad_input: the gradient, an array of the input's shape (``(N,)``, ``(N, L)``, ...)
+            and dtype.
 
     >>> loss, grad = binary_cross_entropy_with_grad([0.9, 0.2], [1.0, 0.0])
     >>> round(float(loss), 6), grad  # (0.9 - 1) / 0.09 / 2 and 0.2 / 0.16 / 2
@@ -815,8 +818,9 @@ def binary_cross_entropy_with_logits_with_grad(
             ``'sum'``, an array of the loss's shape for ``'none'``; None means 1.
 
     Returns:
-        ``(loss, grad_input)``, ``grad_input`` of the input's shape (``(N,)``, ``(N, L)``, ...)
-        and dtype.
+        loss: the loss of :func:`binary_cross_entropy_with_logits`.
+        grad_input: the gradient, an array of the input's shape (``(N,)``, ``(N, L)``, ...)
+            and dtype.
 
     >>> loss, grad = binary_cross_entropy_with_logits_with_grad([2.0, -1.0], [1.0, 0.0])
     >>> round(float(loss), 6), grad  # (sigmoid(2) - 1) / 2 and sigmoid(-1) / 2
@@ -924,8 +928,9 @@ def kl_div_with_grad(input: Any, target: Any, reduction: str = "mean", log_targe
             ``'sum'``, an array of the loss's shape for ``'none'``; None means 1.
 
     Returns:
-        ``(loss, grad_input)``, ``grad_input`` of the input's shape ``(N, C)`` (or whatever
-        it is) and dtype.
+        loss: the loss of :func:`kl_div`.
+        grad_input: the gradient, an array of the input's shape (``(N, C)``, or whatever it
+            is) and dtype.
 
     >>> log_q = log_softmax(np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 1.0]]))
     >>> t = np.array([[0.2, 0.3, 0.5], [0.5, 0.5, 0.0]])

@@ -652,7 +652,7 @@ def causal_lm_loss(logits, labels, vocab_size: int, num_items_in_batch=None,
 
     Returns:
         A 0-d float32 tensor whatever the model's dtype (Hugging Face's loss upcasts the
-        logits).
+            logits).
 
     Given real logits it is ``ForCausalLMLoss``, that is ``F.cross_entropy`` of the shifted
     positions:

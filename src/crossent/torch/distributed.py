@@ -623,7 +623,7 @@ def vocab_parallel_cross_entropy(
 
     Returns:
         The loss (0-d, or the target's batch shape ``(...)`` for ``reduction='none'``), the
-        same on every rank; float32 under autocast, as ``F.cross_entropy``.
+            same on every rank; float32 under autocast, as ``F.cross_entropy``.
 
     Over a real group every rank calls it with its own shard (see the distributed page of
     the docs).  In one process, a group of one rank needs no exchange: the injected combine
@@ -947,7 +947,7 @@ def vocab_parallel_linear_cross_entropy(
 
     Returns:
         The loss (0-d, or the input's leading shape ``(...)`` for ``reduction='none'``), the
-        same on every rank.
+            same on every rank.
 
     In one process, a group of one rank exchanges nothing (both methods of the injected
     combine are the identity), and the result is ``F.cross_entropy(F.linear(h, W), y)``:
@@ -1288,8 +1288,8 @@ def global_mean_scale(
 
     Returns:
         A 0-d tensor on the targets' device, the same on every rank of ``group``.  In a
-        group of one rank with no weight it is ``1 / (number of non-ignored targets)``
-        (the distributed page of the docs runs this).
+            group of one rank with no weight it is ``1 / (number of non-ignored targets)``
+            (the distributed page of the docs runs this).
     """
     if isinstance(targets, torch.Tensor):
         targets = [targets]

@@ -253,8 +253,8 @@ def cross_entropy(
 
     Returns:
         A 0-d tensor, or for ``reduction='none'`` the batch shape ``(N,)`` /
-        ``(N, d1, ..., dK)`` / ``()``.  Its dtype is the input's (promoted with the target's
-        and the weight's for probabilities), float32 under ``torch.autocast``, as PyTorch's.
+            ``(N, d1, ..., dK)`` / ``()``.  Its dtype is the input's (promoted with the target's
+            and the weight's for probabilities), float32 under ``torch.autocast``, as PyTorch's.
 
     >>> import torch
     >>> x = torch.tensor([[2.0, 4.0, 0.5]], requires_grad=True)
