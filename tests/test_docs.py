@@ -406,6 +406,39 @@ def test_loss_docstrings_carry_maths_shapes_and_an_example():
     assert not lacking, f"docstrings without maths, shapes or a printed example: {lacking}"
 
 
+#: Returns sections that griffe splits into several returned values (a continuation line not
+#: indented under the first), in a module other work owns; to be fixed in its docstring.
+KNOWN_SPLIT_RETURNS: set[str] = {"crossent.info.kl_divergence"}
+
+
+def test_returns_sections_describe_one_value_each():
+    """A Google ``Returns:`` item that runs over several lines must indent its continuation
+    lines, or the Reference page shows each line as another returned value; several items
+    belong only to a function that returns a tuple."""
+    import logging
+
+    import griffe
+
+    logging.getLogger("griffe").setLevel(logging.ERROR)  # missing types: not this test's
+    package = griffe.load("crossent", search_paths=[str(ROOT / "src")])
+    split = set()
+    for name, _ in _reference_objects():
+        if name == "crossent":
+            continue
+        obj = package[name.removeprefix("crossent.")]
+        obj = obj.final_target if obj.is_alias else obj
+        if not obj.is_function or not obj.docstring:
+            continue
+        for section in obj.docstring.parse("google"):
+            if (section.kind.value == "returns" and len(section.value) > 1
+                    and not str(obj.returns).startswith("tuple")):
+                split.add(name)
+    unexpected = split - KNOWN_SPLIT_RETURNS
+    assert not unexpected, f"Returns sections read as several values: {sorted(unexpected)}"
+    fixed = KNOWN_SPLIT_RETURNS - split
+    assert not fixed, f"these pass now: remove them from KNOWN_SPLIT_RETURNS: {fixed}"
+
+
 def _load_hook(name: str):
     spec = importlib.util.spec_from_file_location(f"docs_hook_{name}", HOOKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
