@@ -325,7 +325,7 @@ def test_page_blocks_run(page: Path, tmp_path, monkeypatch):
 def _reference_objects() -> list[tuple[str, object]]:
     """Every object a Reference page documents with ``::: identifier``, with its members."""
     found: dict[str, object] = {}
-    for page in sorted((DOCS / "reference").glob("*.md")):
+    for page in sorted((DOCS / "reference").rglob("*.md")):
         text = page.read_text()
         for ident, options in re.findall(r"^::: ([\w.]+)\n((?:[ \t]+.*\n?)*)", text, re.M):
             module = importlib.import_module(ident)
@@ -369,6 +369,74 @@ def test_reference_examples():
     assert not unexpected, "".join(unexpected.values())
     fixed = KNOWN_WRONG_EXAMPLES - set(failed)
     assert not fixed, f"these examples pass now: remove them from KNOWN_WRONG_EXAMPLES: {fixed}"
+
+
+def _losses() -> list[tuple[str, object]]:
+    """Every public loss (and softmax helper) of the NumPy and torch APIs, the distributed
+    losses included."""
+    import crossent.functional
+    import crossent.torch
+    import crossent.torch.distributed
+
+    found = []
+    for module, names in ((crossent.functional, crossent.functional.__all__),
+                          (crossent.torch, crossent.torch.__all__),
+                          (crossent.torch.distributed, ["vocab_parallel_cross_entropy",
+                                                        "vocab_parallel_linear_cross_entropy"])):
+        found += [(f"{module.__name__}.{name}", getattr(module, name)) for name in names]
+    return found
+
+
+def test_loss_docstrings_carry_maths_shapes_and_an_example():
+    """DESIGN.md example 6: each loss's docstring has a ``.. math::`` line, shapes written
+    as ``(N, C)`` (or ``(N, D)``, ``(..., V_local)``) and a doctest with printed output
+    (run by ``test_reference_examples``)."""
+    import inspect
+
+    lacking = {}
+    for name, obj in _losses():
+        doc = inspect.getdoc(obj) or ""
+        missing = [what for what, ok in (
+            ("maths", ".. math::" in doc),
+            ("shapes", re.search(r"``\((?:N|B|\.\.\.), ", doc) is not None),
+            ("an example", re.search(r"^>>> .*\n(?!>>>)\S", doc, re.M) is not None),
+        ) if not ok]
+        if missing:
+            lacking[name] = missing
+    assert not lacking, f"docstrings without maths, shapes or a printed example: {lacking}"
+
+
+#: Returns sections that griffe splits into several returned values (a continuation line not
+#: indented under the first), in a module other work owns; to be fixed in its docstring.
+KNOWN_SPLIT_RETURNS: set[str] = {"crossent.info.kl_divergence"}
+
+
+def test_returns_sections_describe_one_value_each():
+    """A Google ``Returns:`` item that runs over several lines must indent its continuation
+    lines, or the Reference page shows each line as another returned value; several items
+    belong only to a function that returns a tuple."""
+    import logging
+
+    import griffe
+
+    logging.getLogger("griffe").setLevel(logging.ERROR)  # missing types: not this test's
+    package = griffe.load("crossent", search_paths=[str(ROOT / "src")])
+    split = set()
+    for name, _ in _reference_objects():
+        if name == "crossent":
+            continue
+        obj = package[name.removeprefix("crossent.")]
+        obj = obj.final_target if obj.is_alias else obj
+        if not obj.is_function or not obj.docstring:
+            continue
+        for section in obj.docstring.parse("google"):
+            if (section.kind.value == "returns" and len(section.value) > 1
+                    and not str(obj.returns).startswith("tuple")):
+                split.add(name)
+    unexpected = split - KNOWN_SPLIT_RETURNS
+    assert not unexpected, f"Returns sections read as several values: {sorted(unexpected)}"
+    fixed = KNOWN_SPLIT_RETURNS - split
+    assert not fixed, f"these pass now: remove them from KNOWN_SPLIT_RETURNS: {fixed}"
 
 
 def _load_hook(name: str):

@@ -121,12 +121,25 @@ def logsumexp(x: Any, axis: Any = -1, keepdims: bool = False) -> np.ndarray:
 
     .. math:: \operatorname{lse}(x) = m + \log \sum_i e^{x_i - m}, \quad m = \max_i x_i
 
-    ``axis`` is an int or a tuple of ints (as ``torch.logsumexp(x, dim=(0, 1))``).  All
-    ``-inf`` gives ``-inf``, and so does an empty axis (an empty sum); any ``+inf`` gives
-    ``inf``; NaN gives NaN (as ``torch``).  A 0-d array is its own logsumexp.
+    Same as ``torch.logsumexp(x, dim=axis, keepdim=keepdims)`` (and
+    ``scipy.special.logsumexp``).  All ``-inf`` gives ``-inf``, and so does an empty axis (an
+    empty sum); any ``+inf`` gives ``inf``; NaN gives NaN (as ``torch``).
+
+    Args:
+        x: floating-point values of any shape: logits ``(C,)``, ``(N, C)``,
+            ``(N, C, d1, ..., dK)``; a 0-d array is its own logsumexp.
+        axis: the axis summed over (default the last), or a tuple of axes (as
+            ``torch.logsumexp(x, dim=(0, 1))``).
+        keepdims: keep the summed axes with length 1, so the result broadcasts against ``x``.
+
+    Returns:
+        ``x``'s shape without ``axis`` (``(N,)`` for ``(N, C)`` and ``axis=1``), or with it
+            as 1 under ``keepdims``; ``x``'s dtype.
 
     >>> float(logsumexp([1.0, 2.0, 3.0]))
     3.4076059644443806
+    >>> logsumexp(np.array([[1.0, 2.0], [3.0, 4.0]]), axis=1)  # (N, C) -> (N,)
+    array([2.31326169, 4.31326169])
     >>> round(float(logsumexp(np.zeros((2, 3)), axis=(0, 1))), 6)  # log 6
     1.791759
     """
@@ -150,12 +163,26 @@ def logsumexp(x: Any, axis: Any = -1, keepdims: bool = False) -> np.ndarray:
 def log_softmax(x: Any, axis: int = -1) -> np.ndarray:
     r"""``x - logsumexp(x)`` along ``axis``: log-probabilities of a logits vector.
 
-    .. math:: \log \operatorname{softmax}(x)_i = x_i - m - \log \sum_j e^{x_j - m}
+    .. math:: \log \operatorname{softmax}(x)_i = x_i - m - \log \sum_j e^{x_j - m},
+        \quad m = \max_j x_j
 
-    The result has the input's shape (empty in, empty out); a finite 0-d value gives 0.
+    Same as ``torch.log_softmax(x, dim=axis)``; more accurate than ``log(softmax(x))``,
+    which gives ``-inf`` where a probability underflows to 0.
+
+    Args:
+        x: logits of any shape: ``(C,)``, ``(N, C)``, ``(N, C, d1, ..., dK)``; float16 is
+            computed in float32.
+        axis: the class axis (default the last; 1 for PyTorch's ``(N, C, d1, ..., dK)``).
+
+    Returns:
+        An array of ``x``'s shape and dtype (empty in, empty out; a finite 0-d value
+            gives 0).
 
     >>> np.round(log_softmax([2.0, 4.0, 0.5]), 6)
     array([-2.153178, -0.153178, -3.653178])
+    >>> log_softmax(np.array([[0.0, np.log(3.0)], [1.0, 1.0]]))  # (N, C), per row
+    array([[-1.38629436, -0.28768207],
+           [-0.69314718, -0.69314718]])
     """
     x = as_float_array(x, "x")
     xs, axes = _axes(x, axis)
@@ -169,11 +196,27 @@ def log_softmax(x: Any, axis: int = -1) -> np.ndarray:
 def softmax(x: Any, axis: int = -1) -> np.ndarray:
     r"""``exp(x) / sum(exp(x))`` along ``axis``, computed after subtracting the max.
 
-    A row with ``+inf`` or only ``-inf`` is NaN, as in PyTorch.  The result has the input's
-    shape (empty in, empty out); a finite 0-d value gives 1.
+    .. math:: \operatorname{softmax}(x)_i = \frac{e^{x_i - m}}{\sum_j e^{x_j - m}},
+        \quad m = \max_j x_j
+
+    Subtracting ``m`` changes nothing mathematically and keeps ``exp`` from overflowing.
+    Same as ``torch.softmax(x, dim=axis)``: a row with ``+inf`` or only ``-inf`` is NaN, as
+    in PyTorch.
+
+    Args:
+        x: logits of any shape: ``(C,)``, ``(N, C)``, ``(N, C, d1, ..., dK)``; float16 is
+            computed in float32.
+        axis: the class axis (default the last; 1 for PyTorch's ``(N, C, d1, ..., dK)``).
+
+    Returns:
+        Probabilities of ``x``'s shape and dtype, summing to 1 along ``axis`` (empty in,
+            empty out; a finite 0-d value gives 1).
 
     >>> np.round(softmax([-9.0, 5.0, 10.0]), 6)
     array([0.      , 0.006693, 0.993307])
+    >>> softmax(np.array([[0.0, np.log(3.0)], [1.0, 1.0]]))  # (N, C), per row
+    array([[0.25, 0.75],
+           [0.5 , 0.5 ]])
     """
     x = as_float_array(x, "x")
     xs, axes = _axes(x, axis)
@@ -406,7 +449,19 @@ def cross_entropy_with_grad(
         \quad A_n = \textstyle\sum_c a_{n,c}
 
     (times ``grad_output``, divided by the ``'mean'`` denominator).  For a plain class index
-    this is the familiar ``softmax - onehot``.
+    this is the familiar ``softmax - onehot``.  ``grad_input`` is what
+    ``torch.autograd.grad(F.cross_entropy(x, y, ...), x, grad_output)`` gives.
+
+    The arguments are :func:`cross_entropy`'s, and:
+
+    Args:
+        grad_output: the upstream gradient ``d L / d loss``: a scalar for ``'mean'`` and
+            ``'sum'``, an array of the target's shape for ``'none'``; None means 1.
+
+    Returns:
+        loss: the loss of :func:`cross_entropy`.
+        grad_input: the gradient, an array of ``input``'s shape ``(N, C)`` (or ``(C,)``,
+            ``(N, C, d1, ..., dK)``) and dtype.
 
     >>> loss, grad = cross_entropy_with_grad([[2.0, 4.0, 0.5]], [0])
     >>> np.round(grad, 6)
@@ -460,14 +515,34 @@ def nll_loss(input: Any, target: Any, weight: Any = None, ignore_index: int = -1
              reduction: str = "mean") -> Any:
     r"""Negative log-likelihood of class indices under log-probabilities ``input``.
 
-    Same as ``torch.nn.functional.nll_loss``: ``l_n = -w[y_n] input[n, y_n]`` (0 when
-    ``y_n == ignore_index``); ``'mean'`` divides by ``sum_n w[y_n]`` over non-ignored elements.
-    The input is not checked to be log-probabilities (nor is it in PyTorch).  A ``weight``
-    array must have the input's dtype (a list takes it), as in PyTorch; an empty batch may
-    have no classes, ``(0, 0)``: an empty ``'none'``, NaN ``'mean'``, 0 ``'sum'``.
+    .. math:: \ell_n = -w_{y_n}\, x_{n, y_n}, \qquad
+        \text{'mean'}: \frac{\sum_n \ell_n}{\sum_{n:\, y_n \ne \text{ignore}} w_{y_n}}
+
+    with ``l_n = 0`` where ``y_n == ignore_index``.  Same as
+    ``torch.nn.functional.nll_loss``; ``nll_loss(log_softmax(x, axis=1), y)`` is
+    ``cross_entropy(x, y)``.  The input is not checked to be log-probabilities (nor is it in
+    PyTorch).
+
+    Args:
+        input: log-probabilities ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dK)`` (classes on
+            axis 1); an empty batch may have no classes, ``(0, 0)``: an empty ``'none'``,
+            NaN ``'mean'``, 0 ``'sum'``.
+        target: class indices ``()``, ``(N,)`` or ``(N, d1, ..., dK)``, any integer dtype.
+        weight: ``(C,)`` class weights; an array must have the input's dtype, as in
+            PyTorch (a list takes it).
+        ignore_index: a class index whose elements add nothing, to the loss or to the
+            ``'mean'`` denominator.
+        reduction: ``'none'`` (the target's shape), ``'sum'``, or ``'mean'`` (the sum divided
+            by the total weight of the non-ignored elements).
+
+    Returns:
+        A NumPy scalar for ``'mean'``/``'sum'``, else an array of the target's shape.
 
     >>> float(nll_loss(np.log([[0.6, 0.2, 0.2]]), [2]))  # doctest: +ELLIPSIS
     1.6094379...
+    >>> x = np.array([[2.0, 4.0, 0.5], [1.0, 1.0, 1.0]])
+    >>> round(float(nll_loss(log_softmax(x), [0, 2])), 6), round(float(cross_entropy(x, [0, 2])), 6)
+    (1.625895, 1.625895)
     """
     return _nll_loss(input, target, weight, ignore_index, reduction, None, False)[0]
 
@@ -475,7 +550,33 @@ def nll_loss(input: Any, target: Any, weight: Any = None, ignore_index: int = -1
 def nll_loss_with_grad(input: Any, target: Any, weight: Any = None, ignore_index: int = -100,
                        reduction: str = "mean", *, grad_output: Any = None
                        ) -> tuple[Any, np.ndarray]:
-    """:func:`nll_loss` and its gradient ``-w[y] onehot(y)`` (scaled) with respect to input."""
+    r""":func:`nll_loss` and its gradient with respect to ``input``, in one call.
+
+    .. math:: \frac{\partial \ell_n}{\partial x_{n,c}} = -w_{y_n}\, [c = y_n]
+
+    times ``grad_output``, divided by the ``'mean'`` denominator; 0 for ignored elements.
+    ``grad_input`` is what ``torch.autograd.grad(F.nll_loss(x, y, ...), x, grad_output)``
+    gives.
+
+    The arguments are :func:`nll_loss`'s, and:
+
+    Args:
+        grad_output: the upstream gradient ``d L / d loss``: a scalar for ``'mean'`` and
+            ``'sum'``, an array of the loss's shape for ``'none'``; None means 1.
+
+    Returns:
+        loss: the loss of :func:`nll_loss`.
+        grad_input: the gradient, an array of ``input``'s shape ``(N, C)`` (or ``(C,)``,
+            ``(N, C, d1, ..., dK)``) and dtype.
+
+    >>> log_p = np.log([[0.6, 0.2, 0.2], [0.1, 0.7, 0.2]])
+    >>> loss, grad = nll_loss_with_grad(log_p, [2, 1], weight=[1.0, 1.0, 3.0])
+    >>> round(float(loss), 6)  # (3 log 5 + log(1/0.7)) / (3 + 1)
+    1.296247
+    >>> grad
+    array([[ 0.  ,  0.  , -0.75],
+           [ 0.  , -0.25,  0.  ]])
+    """
     return _nll_loss(input, target, weight, ignore_index, reduction, grad_output, True)
 
 
@@ -571,14 +672,27 @@ def binary_cross_entropy(input: Any, target: Any, weight: Any = None,
                          reduction: str = "mean") -> Any:
     r"""Binary cross-entropy between probabilities ``input`` and targets in [0, 1].
 
-    Same as ``torch.nn.functional.binary_cross_entropy``:
-
     .. math:: \ell = -w\,[\,y \max(\log x, -100) + (1-y) \max(\log(1-x), -100)\,]
 
-    ``weight`` broadcasts to the input; ``'mean'`` averages over all elements.
+    Same as ``torch.nn.functional.binary_cross_entropy`` (whose clamp at -100 makes an
+    exact 0 or 1 cost at most 100).  On logits, :func:`binary_cross_entropy_with_logits` is
+    the stable form of ``binary_cross_entropy(sigmoid(z), y)``.
+
+    Args:
+        input: probabilities in [0, 1], any shape: ``(N,)``, ``(N, d1, ..., dK)`` (one
+            probability per independent label).
+        target: targets in [0, 1] (hard 0/1 labels or soft ones), of the input's shape.
+        weight: rescales each element; broadcasts to the input's shape.
+        reduction: ``'none'`` (the input's shape), ``'sum'``, or ``'mean'`` (over all
+            elements).
+
+    Returns:
+        A NumPy scalar for ``'mean'``/``'sum'``, else an array of the input's shape.
 
     >>> round(float(binary_cross_entropy([0.9, 0.2], [1.0, 0.0])), 6)
     0.164252
+    >>> binary_cross_entropy(np.array([[0.9, 0.2]]), np.array([[1.0, 0.0]]), reduction="none")
+    array([[0.10536052, 0.22314355]])
     """
     return _binary_cross_entropy(input, target, weight, reduction, None, False)[0]
 
@@ -586,7 +700,29 @@ def binary_cross_entropy(input: Any, target: Any, weight: Any = None,
 def binary_cross_entropy_with_grad(input: Any, target: Any, weight: Any = None,
                                    reduction: str = "mean", *, grad_output: Any = None
                                    ) -> tuple[Any, np.ndarray]:
-    """:func:`binary_cross_entropy` and its gradient ``w (x - y) / max(x (1 - x), 1e-12)``."""
+    r""":func:`binary_cross_entropy` and its gradient with respect to ``input``, in one call.
+
+    .. math:: \frac{\partial \ell}{\partial x} = w\, \frac{x - y}{\max(x (1 - x),\,
+        10^{-12})}
+
+    (PyTorch's clamp of the denominator), times ``grad_output``, divided by the element count
+    for ``'mean'``.
+
+    The arguments are :func:`binary_cross_entropy`'s, and:
+
+    Args:
+        grad_output: the upstream gradient ``d L / d loss``: a scalar for ``'mean'`` and
+            ``'sum'``, an array of the loss's shape for ``'none'``; None means 1.
+
+    Returns:
+        loss: the loss of :func:`binary_cross_entropy`.
+        grad_input: the gradient, an array of the input's shape (``(N,)``, ``(N, L)``, ...)
+            and dtype.
+
+    >>> loss, grad = binary_cross_entropy_with_grad([0.9, 0.2], [1.0, 0.0])
+    >>> round(float(loss), 6), grad  # (0.9 - 1) / 0.09 / 2 and 0.2 / 0.16 / 2
+    (0.164252, array([-0.55555556,  0.625     ]))
+    """
     return _binary_cross_entropy(input, target, weight, reduction, grad_output, True)
 
 
@@ -634,15 +770,31 @@ def binary_cross_entropy_with_logits(input: Any, target: Any, weight: Any = None
                                      reduction: str = "mean", pos_weight: Any = None) -> Any:
     r"""Binary cross-entropy on logits, in the stable form (no ``exp`` overflow).
 
-    Same as ``torch.nn.functional.binary_cross_entropy_with_logits``:
-
     .. math:: \ell = w\,[(1-y)\,\operatorname{softplus}(x) + p\,y\,\operatorname{softplus}(-x)]
 
-    with ``p = pos_weight`` (broadcast against the last axis).  Infinite logits on the right
-    side, ``(+inf, y=1)`` and ``(-inf, y=0)``, give 0 where PyTorch gives NaN.
+    with ``softplus(x) = log(1 + exp(x))`` and ``p = pos_weight``: mathematically
+    ``binary_cross_entropy(sigmoid(x), y)`` without its clamp.  Same as
+    ``torch.nn.functional.binary_cross_entropy_with_logits``, except that infinite logits on
+    the right side, ``(+inf, y=1)`` and ``(-inf, y=0)``, give 0 where PyTorch gives NaN.
 
-    >>> round(float(binary_cross_entropy_with_logits([2.0], [1.0])), 6)
+    Args:
+        input: logits, any shape: ``(N,)``, ``(N, L)`` for ``L`` independent labels,
+            ``(N, L, d1, ..., dK)``.
+        target: targets in [0, 1], of the input's shape.
+        weight: rescales each element; broadcasts to the input's shape.
+        reduction: ``'none'`` (the input's shape), ``'sum'``, or ``'mean'`` (over all
+            elements).
+        pos_weight: weight of the positive term, broadcast against the input from the last
+            axis: ``(L,)`` weighs each label of ``(N, L)`` (``p > 1`` raises recall).
+
+    Returns:
+        A NumPy scalar for ``'mean'``/``'sum'``, else an array of the input's shape.
+
+    >>> round(float(binary_cross_entropy_with_logits([2.0], [1.0])), 6)  # softplus(-2)
     0.126928
+    >>> binary_cross_entropy_with_logits(np.array([[2.0, -1.0]]), np.array([[1.0, 1.0]]),
+    ...                                  pos_weight=np.array([1.0, 3.0]), reduction="none")
+    array([[0.12692801, 3.93978506]])
     """
     return _binary_cross_entropy_with_logits(input, target, weight, reduction, pos_weight,
                                              None, False)[0]
@@ -652,8 +804,28 @@ def binary_cross_entropy_with_logits_with_grad(
     input: Any, target: Any, weight: Any = None, reduction: str = "mean",
     pos_weight: Any = None, *, grad_output: Any = None,
 ) -> tuple[Any, np.ndarray]:
-    """:func:`binary_cross_entropy_with_logits` and its gradient
-    ``w [(1-y) sigmoid(x) - p y sigmoid(-x)]``."""
+    r""":func:`binary_cross_entropy_with_logits` and its gradient with respect to ``input``.
+
+    .. math:: \frac{\partial \ell}{\partial x} = w\,[(1-y)\,\sigma(x) - p\,y\,\sigma(-x)]
+
+    (``sigmoid(x) - y`` when ``w = p = 1``), times ``grad_output``, divided by the element
+    count for ``'mean'``.
+
+    The arguments are :func:`binary_cross_entropy_with_logits`'s, and:
+
+    Args:
+        grad_output: the upstream gradient ``d L / d loss``: a scalar for ``'mean'`` and
+            ``'sum'``, an array of the loss's shape for ``'none'``; None means 1.
+
+    Returns:
+        loss: the loss of :func:`binary_cross_entropy_with_logits`.
+        grad_input: the gradient, an array of the input's shape (``(N,)``, ``(N, L)``, ...)
+            and dtype.
+
+    >>> loss, grad = binary_cross_entropy_with_logits_with_grad([2.0, -1.0], [1.0, 0.0])
+    >>> round(float(loss), 6), grad  # (sigmoid(2) - 1) / 2 and sigmoid(-1) / 2
+    (0.220095, array([-0.05960146,  0.13447071]))
+    """
     return _binary_cross_entropy_with_logits(input, target, weight, reduction, pos_weight,
                                              grad_output, True)
 
@@ -716,10 +888,21 @@ def kl_div(input: Any, target: Any, reduction: str = "mean", log_target: bool = 
     .. math:: \ell = t (\log t - \log q) \quad\text{or, with log\_target,}\quad
         e^{t} (t - \log q)
 
-    ``target`` broadcasts against ``input`` (either way, as in PyTorch): the pointwise loss
-    has the broadcast shape and the gradient the input's, summed over the broadcast axes.
-    ``'batchmean'`` divides the sum by ``input.shape[0]`` (the KL divergence per sample),
-    ``'mean'`` by the pointwise loss's element count (with a warning, as in PyTorch).
+    A target probability of 0 adds 0 (``0 log 0 = 0``), also on an input of ``-inf``, where
+    PyTorch gives NaN; an input of ``+inf`` or NaN gives NaN, as in PyTorch.
+
+    Args:
+        input: log-probabilities ``log q``, e.g. ``(N, C)`` (any shape).
+        target: probabilities ``t`` (log-probabilities with ``log_target``); broadcasts
+            against ``input`` either way, as in PyTorch: the pointwise loss has the
+            broadcast shape and the gradient the input's, summed over the broadcast axes.
+        reduction: ``'none'``, ``'sum'``, ``'batchmean'`` (the sum divided by
+            ``input.shape[0]``: the KL divergence per sample), or ``'mean'`` (divided by the
+            pointwise loss's element count, with a warning, as in PyTorch).
+        log_target: the target holds log-probabilities.
+
+    Returns:
+        A NumPy scalar, or for ``'none'`` an array of the broadcast shape.
 
     >>> p = log_softmax(np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 1.0]]))
     >>> round(float(kl_div(p, [[0.2, 0.3, 0.5], [0.5, 0.5, 0.0]], reduction="batchmean")), 6)
@@ -730,5 +913,32 @@ def kl_div(input: Any, target: Any, reduction: str = "mean", log_target: bool = 
 
 def kl_div_with_grad(input: Any, target: Any, reduction: str = "mean", log_target: bool = False,
                      *, grad_output: Any = None) -> tuple[Any, np.ndarray]:
-    """:func:`kl_div` and its gradient ``-t`` (or ``-exp(t)``) with respect to input."""
+    r""":func:`kl_div` and its gradient with respect to ``input``, in one call.
+
+    .. math:: \frac{\partial \ell}{\partial \log q} = -t
+        \quad\text{or, with log\_target,}\quad -e^{t}
+
+    times ``grad_output``, divided by the ``'batchmean'`` or ``'mean'`` denominator, and
+    summed over the axes along which the target broadcast the input.
+
+    The arguments are :func:`kl_div`'s, and:
+
+    Args:
+        grad_output: the upstream gradient ``d L / d loss``: a scalar for ``'mean'`` and
+            ``'sum'``, an array of the loss's shape for ``'none'``; None means 1.
+
+    Returns:
+        loss: the loss of :func:`kl_div`.
+        grad_input: the gradient, an array of the input's shape (``(N, C)``, or whatever it
+            is) and dtype.
+
+    >>> log_q = log_softmax(np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 1.0]]))
+    >>> t = np.array([[0.2, 0.3, 0.5], [0.5, 0.5, 0.0]])
+    >>> loss, grad = kl_div_with_grad(log_q, t, reduction="batchmean")
+    >>> round(float(loss), 6)
+    0.468125
+    >>> grad  # -t / N
+    array([[-0.1 , -0.15, -0.25],
+           [-0.25, -0.25, -0.  ]])
+    """
     return _kl_div(input, target, reduction, log_target, grad_output, True)

@@ -181,13 +181,18 @@ def patch(model, *, z_loss: float = 0.0, label_smoothing: float = 0.0,
           chunk_size: int | None = None, impl: str = "auto", train_only: bool = False):
     r"""Make ``model`` (that instance only) compute its loss with linear_cross_entropy.
 
+    .. math:: \ell = \frac{1}{|\{t : y_{t+1} \ne -100\}|} \sum_{t:\, y_{t+1} \ne -100}
+        \operatorname{CE}(h_t W^\top,\; y_{t+1})
+
     A forward given ``labels`` returns the same loss as Hugging Face's ``ForCausalLMLoss`` on
-    the model's logits (with the options below added), with ``logits=None`` in its output; a
-    forward without labels is untouched.  Patching again replaces the options; :func:`unpatch`
-    restores the model.
+    the model's logits (with the options below added; see :func:`causal_lm_loss`), computed
+    by ``crossent.torch.linear_cross_entropy`` from the final hidden states ``h``
+    ``(B, T, D)`` and the output layer's weight ``W`` ``(V, D)``, with ``logits=None`` in its
+    output: the ``(B, T, V)`` logits are never held.  A forward without labels is untouched.
+    Patching again replaces the options; :func:`unpatch` restores the model.
 
     Args:
-        model: a ``transformers.PreTrainedModel`` causal language model.
+        model (transformers.PreTrainedModel): a causal language model.
         z_loss: coefficient of ``lse**2`` added per token (PaLM: 1e-4); 0 is Hugging Face's loss.
         label_smoothing: as in ``F.cross_entropy``; 0 is Hugging Face's loss.
         chunk_size: rows per chunk of linear_cross_entropy; None chooses by memory.
@@ -197,11 +202,28 @@ def patch(model, *, z_loss: float = 0.0, label_smoothing: float = 0.0,
             needs the logits).
 
     Returns:
-        ``model`` itself.
+        model (transformers.PreTrainedModel): ``model`` itself, patched in place.
 
     Raises:
         UnsupportedModelError: the model is not a causal LM whose logits come from a plain
             ``torch.nn.Linear`` and whose loss is ``ForCausalLMLoss`` (the message says which).
+
+    A tiny Llama built from a config (random weights, nothing downloaded):
+
+    >>> import torch
+    >>> from transformers import LlamaConfig, LlamaForCausalLM
+    >>> config = LlamaConfig(vocab_size=100, hidden_size=16, intermediate_size=32,
+    ...                      num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)
+    >>> _ = torch.manual_seed(0)
+    >>> model = LlamaForCausalLM(config)
+    >>> ids = torch.randint(0, 100, (2, 8))
+    >>> before = model(input_ids=ids, labels=ids).loss
+    >>> model = patch(model)
+    >>> after = model(input_ids=ids, labels=ids)
+    >>> after.logits is None, torch.allclose(after.loss, before)
+    (True, True)
+    >>> is_patched(model), is_patched(unpatch(model))
+    (True, False)
     """
     options = _check_options(z_loss, label_smoothing, chunk_size, impl, train_only)
     head = _check_supported(model)
@@ -603,11 +625,48 @@ def _cast_dtype(name: str, others, kwargs) -> torch.dtype | None:
 
 def causal_lm_loss(logits, labels, vocab_size: int, num_items_in_batch=None,
                    ignore_index: int = -100, shift_labels=None, **kwargs) -> torch.Tensor:
-    """Hugging Face's ``ForCausalLMLoss``, computed by linear_cross_entropy for the logits a
+    r"""Hugging Face's ``ForCausalLMLoss``, computed by linear_cross_entropy for the logits a
     patched model did not materialise; for real logits, ``ForCausalLMLoss`` itself.
 
-    :func:`patch` sets it as the instance's ``loss_function``; it takes the arguments that
-    models pass to ``self.loss_function``.
+    .. math:: \ell = \frac{1}{n} \sum_{b,\, t:\; y_{b,t+1} \ne \text{ignore}}
+        -\log \operatorname{softmax}(z_{b,t})_{y_{b,t+1}}
+
+    with ``n`` the number of scored tokens, or ``num_items_in_batch`` when given (the
+    ``'sum'`` divided by it, what ``Trainer`` passes under gradient accumulation); position
+    ``t`` is scored on the next label (the last position on nothing), or on
+    ``shift_labels[t]`` when those are given.  :func:`patch` sets it as the instance's
+    ``loss_function``; it takes the arguments that models pass to ``self.loss_function``.
+
+    Args:
+        logits (torch.Tensor): ``(B, T, V)``: a patched model's stand-in (no memory), or
+            real logits.
+        labels (torch.Tensor): ``(B, T)`` token ids, unshifted, ``ignore_index`` where
+            nothing is scored.
+        vocab_size: ``V``.
+        num_items_in_batch (int | torch.Tensor | None): the number of scored tokens of the
+            whole accumulated batch (a number or a 0-d tensor); None: ``'mean'`` over this
+            call's tokens.
+        ignore_index: the label that is not scored.
+        shift_labels (torch.Tensor | None): ``(B, T)`` labels already shifted (``labels``
+            is then not used for scoring), as ``ForCausalLMLoss`` takes them.
+
+    Returns:
+        A 0-d float32 tensor whatever the model's dtype (Hugging Face's loss upcasts the
+            logits).
+
+    Given real logits it is ``ForCausalLMLoss``, that is ``F.cross_entropy`` of the shifted
+    positions:
+
+    >>> import torch
+    >>> import torch.nn.functional as F
+    >>> logits = torch.randn(1, 4, 5, generator=torch.Generator().manual_seed(0))
+    >>> labels = torch.tensor([[3, 1, -100, 4]])
+    >>> causal_lm_loss(logits, labels, vocab_size=5)
+    tensor(2.1989)
+    >>> F.cross_entropy(logits[0, :-1], labels[0, 1:])  # position t scored on labels[t + 1]
+    tensor(2.1989)
+    >>> causal_lm_loss(logits, labels, vocab_size=5, num_items_in_batch=4)  # the sum / 4
+    tensor(1.0994)
     """
     if not isinstance(logits, _LogitsStandIn):
         return ForCausalLMLoss(logits, labels, vocab_size, num_items_in_batch=num_items_in_batch,

@@ -600,19 +600,46 @@ def vocab_parallel_cross_entropy(
         num_classes: the real vocabulary size ``C``; columns at or past it (padding of the
             last shards) take no part in the softmax, get a zero gradient and do not count in
             label smoothing's ``eps / C``.  None: ``len(weight)``, or every column.
-        weight: the full ``(C,)`` class weights, as ``F.cross_entropy`` takes them.
-        ignore_index, reduction, label_smoothing: as in ``F.cross_entropy``.
-        z_loss, softcap, inplace_backward, impl: as in :func:`crossent.torch.cross_entropy`
-            (``inplace_backward`` writes the gradient over ``logits`` in backward).
-        combine: how the statistics are exchanged: ``"auto"``, ``"all_gather"`` (one
-            collective), ``"all_reduce"`` (MAX then SUM), or a callable taking this rank's
-            ``(4, M)`` statistics and returning the merged ``(4, M)`` (for in-process tests;
-            then ``group`` must be None and ``vocab_start`` given; the linear op also needs
-            its ``all_reduce(tensor)`` method, the sum over the ranks, for ``d input``).
+        weight: the full ``(C,)`` class weights, as ``F.cross_entropy`` takes them (the
+            same on every rank).
+        ignore_index: as in ``F.cross_entropy``: a class index whose rows add nothing.
+        reduction: ``'none'``, ``'sum'`` or ``'mean'`` (``F.cross_entropy``'s denominator:
+            the total class weight of the non-ignored rows).
+        label_smoothing: as in ``F.cross_entropy``; ``eps / C`` counts the real classes of
+            every rank (``num_classes``), never the local shard's.
+        z_loss: as in :func:`crossent.torch.cross_entropy`, with the global log-sum-exp.
+        softcap: as in :func:`crossent.torch.cross_entropy`.
+        inplace_backward: as in :func:`crossent.torch.cross_entropy`: backward writes the
+            gradient over ``logits``.
+        impl: as in :func:`crossent.torch.cross_entropy`: the executor of this rank's shard.
+        combine: how the statistics are exchanged: ``"auto"`` (``"all_gather"`` up to 8
+            ranks, else ``"all_reduce"``), ``"all_gather"`` (one collective),
+            ``"all_reduce"`` (MAX then SUM), or a callable taking this rank's ``(4, M)``
+            statistics (per row: the shard's max, its sum of exponentials, target dot and
+            coefficient sum) and returning them merged over every rank, for an exchange of
+            your own or in-process tests; then ``group`` must be None and ``vocab_start``
+            given (the linear op also needs its ``all_reduce(tensor)`` method, the sum over
+            the ranks, for ``d input``).
 
     Returns:
-        The loss (0-d, or the target's shape for ``reduction='none'``), the same on every
-        rank; float32 under autocast, as ``F.cross_entropy``.
+        The loss (0-d, or the target's batch shape ``(...)`` for ``reduction='none'``), the
+            same on every rank; float32 under autocast, as ``F.cross_entropy``.
+
+    Over a real group every rank calls it with its own shard (see the distributed page of
+    the docs).  In one process, a group of one rank needs no exchange: the injected combine
+    is the identity, and the result is ``F.cross_entropy`` of the real classes (here one
+    padding column, which takes no part and gets a zero gradient):
+
+    >>> import torch
+    >>> import torch.nn.functional as F
+    >>> x = torch.tensor([[2.0, 4.0, 0.5, 30.0], [1.0, 1.0, 1.0, 30.0]], requires_grad=True)
+    >>> y = torch.tensor([0, 2])
+    >>> loss = vocab_parallel_cross_entropy(x, y, vocab_start=0, num_classes=3,
+    ...                                     label_smoothing=0.1, combine=lambda stats: stats)
+    >>> round(loss.item(), 6), round(F.cross_entropy(x[:, :3], y, label_smoothing=0.1).item(), 6)
+    (1.617562, 1.617562)
+    >>> loss.backward(); x.grad[:, 3]
+    tensor([0., 0.])
     """
     if _is_dtensor(logits):
         return _dtensor_cross_entropy(
@@ -901,10 +928,44 @@ def vocab_parallel_linear_cross_entropy(
         target: class indices ``(...)`` of the (gathered) input's rows, identical on every
             rank, or this rank's ``(..., V_local)`` slice of probabilities.
         linear_bias: this rank's ``(V_local,)`` slice of the bias.
-        group, vocab_start, num_classes, weight, ignore_index, reduction, label_smoothing,
-        z_loss, softcap, impl, combine: as in :func:`vocab_parallel_cross_entropy`.
+        group: the tensor-parallel group, as in :func:`vocab_parallel_cross_entropy`.
+        vocab_start: global index of this rank's first class, as in
+            :func:`vocab_parallel_cross_entropy`.
+        num_classes: the real vocabulary size, as in :func:`vocab_parallel_cross_entropy`.
+        sequence_parallel: ``input`` is this rank's piece along dim 0 (see ``input``).
+        weight: the full ``(C,)`` class weights.
+        ignore_index: as in ``F.cross_entropy``.
+        reduction: as in ``F.cross_entropy``.
+        label_smoothing: as in ``F.cross_entropy`` (over the real classes of every rank).
+        z_loss: as in :func:`crossent.torch.cross_entropy`.
+        softcap: as in :func:`crossent.torch.cross_entropy`.
         chunk_size: rows per chunk; None chooses it as ``crossent.torch.linear_cross_entropy``
             does, from ``V_local``.
+        impl: the executor of each chunk, as in :func:`crossent.torch.cross_entropy`.
+        combine: as in :func:`vocab_parallel_cross_entropy`; an injected one needs an
+            ``all_reduce(tensor)`` method (the sum over the ranks) for ``d input``.
+
+    Returns:
+        The loss (0-d, or the input's leading shape ``(...)`` for ``reduction='none'``), the
+            same on every rank.
+
+    In one process, a group of one rank exchanges nothing (both methods of the injected
+    combine are the identity), and the result is ``F.cross_entropy(F.linear(h, W), y)``:
+
+    >>> import torch
+    >>> import torch.nn.functional as F
+    >>> class OneRank:
+    ...     def __call__(self, stats):      # merge the statistics over the ranks
+    ...         return stats
+    ...     def all_reduce(self, tensor):   # sum d input over the ranks
+    ...         return tensor
+    >>> h = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])   # (N, D)
+    >>> W = torch.tensor([[2.0, 0.0], [0.0, 1.0], [0.5, 0.5]])   # (V_local, D)
+    >>> y = torch.tensor([0, 1, 2])
+    >>> loss = vocab_parallel_linear_cross_entropy(h, W, y, vocab_start=0, num_classes=3,
+    ...                                            combine=OneRank())
+    >>> round(loss.item(), 6), round(F.cross_entropy(h @ W.T, y).item(), 6)
+    (0.846023, 0.846023)
     """
     if _is_dtensor(linear_weight) or _is_dtensor(input):
         return _dtensor_linear_cross_entropy(
@@ -1211,6 +1272,24 @@ def global_mean_scale(
     ``loss.backward()``: the gradients the optimizer sees are those of
     ``F.cross_entropy(<all logits of the global batch>, <all targets>)`` (mean reduction);
     the sum of the micro-batch losses, averaged over the group, is that global mean.
+
+    Args:
+        targets: this rank's targets of every micro-batch before the optimizer step: class
+            indices of any shape, or class probabilities ``(..., V)`` (floating point,
+            counted as ``prod(shape[:-1])`` elements).
+        group: the data-parallel group (a ``ProcessGroup`` or a 1-D ``DeviceMesh``); None:
+            the default group (``torch.distributed`` must be initialized).
+        weight: the ``(C,)`` class weights the loss uses, so that ``w[y]`` is counted.
+        ignore_index: the class index the loss ignores (not counted).
+        average_gradients: the gradients are averaged over ``group`` (DDP, FSDP): ``k`` is
+            its size; False: ``k = 1``.
+        dtype: the dtype of the result (the count itself is summed in float64, in
+            float32 on MPS).
+
+    Returns:
+        A 0-d tensor on the targets' device, the same on every rank of ``group``.  In a
+            group of one rank with no weight it is ``1 / (number of non-ignored targets)``
+            (the distributed page of the docs runs this).
     """
     if isinstance(targets, torch.Tensor):
         targets = [targets]

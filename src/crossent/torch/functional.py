@@ -224,12 +224,22 @@ def cross_entropy(
     label_smoothing=...)``.
 
     Args:
-        input: logits ``(N, C)``, ``(N, C, d1, ..., dK)`` or ``(C,)``.
-        target: class indices ``(N,)`` / ``(N, d1, ..., dK)`` / ``()`` (any integer dtype),
-            or class probabilities of the input's shape.
-        weight: ``(C,)`` class weights.
-        ignore_index, reduction, label_smoothing: as in PyTorch (``label_smoothing`` must
-            be in [0, 1]; PyTorch silently ignores a negative value, this raises).
+        input: logits ``(N, C)``, ``(N, C, d1, ..., dK)`` or ``(C,)``, float16, bfloat16,
+            float32 or float64.  ``(N, C, d1, ..., dK)`` is read where it lies (classes on
+            dim 1), without a class-last copy, by the ``"cpu"`` and ``"torch"`` executors.
+        target: class indices ``(N,)`` / ``(N, d1, ..., dK)`` / ``()`` (any integer dtype;
+            a ``uint64`` index of ``2**63`` or more is out of range), or class probabilities
+            of the input's shape (differentiable).
+        weight: ``(C,)`` class weights.  With class indices it must have the input's dtype
+            (as in PyTorch) and is not differentiated; with probabilities it may have any
+            floating dtype, promotes the loss's dtype, and is differentiable.
+        ignore_index: a class index whose elements add nothing to the loss, its gradient or
+            the ``'mean'`` denominator (class-index targets only).
+        reduction: ``'none'`` (the target's shape), ``'sum'``, or ``'mean'``: the sum divided
+            by ``sum_n w[y_n]`` over non-ignored elements for class indices, by the number
+            of elements ``N*d1*...*dK`` for probabilities.
+        label_smoothing: ``eps`` in [0, 1]: the target mixes with the uniform distribution
+            (PyTorch silently ignores a negative value; this raises ``ValueError``).
         z_loss: coefficient of the PaLM auxiliary loss ``w_n logsumexp(z_n)**2`` (keyword).
         softcap: Gemma-2 style logit soft-capping (keyword).
         inplace_backward: write the gradient into ``input``'s memory (its values are
@@ -242,7 +252,9 @@ def cross_entropy(
             :mod:`crossent.torch._impl`.
 
     Returns:
-        A 0-d tensor, or the target's shape for ``reduction='none'``.
+        A 0-d tensor, or for ``reduction='none'`` the batch shape ``(N,)`` /
+            ``(N, d1, ..., dK)`` / ``()``.  Its dtype is the input's (promoted with the target's
+            and the weight's for probabilities), float32 under ``torch.autocast``, as PyTorch's.
 
     >>> import torch
     >>> x = torch.tensor([[2.0, 4.0, 0.5]], requires_grad=True)

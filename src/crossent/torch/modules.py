@@ -11,14 +11,37 @@ from .linear import linear_cross_entropy
 
 
 class CrossEntropyLoss(nn.Module):
-    """Drop-in for ``torch.nn.CrossEntropyLoss`` backed by :func:`crossent.torch.cross_entropy`.
+    r"""Drop-in for ``torch.nn.CrossEntropyLoss`` backed by :func:`crossent.torch.cross_entropy`.
 
-    Options are checked when the module is built, so a bad one fails at construction.
+    .. math:: \ell_n = -\sum_c a_{n,c} \log\operatorname{softmax}(x_n)_c
+        + \text{z\_loss}\; w_n \operatorname{lse}(x_n)^2
+
+    with ``a = (1-eps) w[y] onehot(y) + (eps/C) w`` for class indices and
+    ``a = w ((1-eps) t + eps/C)`` for probabilities (see :func:`crossent.torch.cross_entropy`,
+    which ``forward`` calls with the options stored here; the module holds no maths).  Same
+    constructor arguments as ``torch.nn.CrossEntropyLoss`` (``weight`` is a buffer, so it
+    follows ``.to(device)``), and the keyword-only extras ``z_loss``, ``softcap``,
+    ``inplace_backward`` and ``impl``.  Options are checked when the module is built, so a
+    bad one fails at construction.
+
+    Shapes, as ``torch.nn.CrossEntropyLoss``:
+
+    * input: ``(N, C)``, ``(C,)`` or ``(N, C, d1, ..., dK)`` logits;
+    * target: class indices ``(N,)``, ``()`` or ``(N, d1, ..., dK)``, or probabilities of
+      the input's shape;
+    * output: a 0-d tensor, or the batch shape ``(N,)`` / ``(N, d1, ..., dK)`` for
+      ``reduction='none'``.
 
     >>> import torch
     >>> loss_fn = CrossEntropyLoss(label_smoothing=0.1)
-    >>> round(loss_fn(torch.tensor([[2.0, 4.0, 0.5]]), torch.tensor([1])).item(), 6)
+    >>> x, y = torch.tensor([[2.0, 4.0, 0.5]]), torch.tensor([1])
+    >>> round(loss_fn(x, y).item(), 6)
     0.336512
+    >>> round(torch.nn.CrossEntropyLoss(label_smoothing=0.1)(x, y).item(), 6)  # the same
+    0.336512
+    >>> per_pixel = CrossEntropyLoss(reduction="none")  # (N, C, d1) -> (N, d1)
+    >>> per_pixel(torch.tensor([[[2.0, 0.0], [4.0, 0.0], [0.5, 0.0]]]), torch.tensor([[1, 2]]))
+    tensor([[0.1532, 1.0986]])
     """
 
     def __init__(self, weight: torch.Tensor | None = None, ignore_index: int = -100,
@@ -58,10 +81,39 @@ class CrossEntropyLoss(nn.Module):
 
 
 class LinearCrossEntropyLoss(nn.Module):
-    """Loss module for :func:`crossent.torch.linear_cross_entropy`: call it with hidden states,
+    r"""Loss module for :func:`crossent.torch.linear_cross_entropy`: call it with hidden states,
     the classifier weight and targets, ``loss_fn(h, W, y, linear_bias=b)``.
 
-    Mirrors ``torch.nn.LinearCrossEntropyLoss``'s options; holds no parameters itself.
+    .. math:: \ell = \operatorname{CE}(h W^\top + b,\; y)
+
+    computed chunk by chunk, without the ``(N, V)`` logits; the same loss and gradients as
+    ``torch.nn.CrossEntropyLoss(...)(F.linear(h, W, b), y)``.  Takes the loss options of
+    ``torch.nn.LinearCrossEntropyLoss`` (``weight``, ``reduction``, ``ignore_index``,
+    ``label_smoothing``, ``options``) and crossent's keyword-only extras (``z_loss``,
+    ``softcap``, ``chunk_size``, ``impl``, ``loss_dtype``).  Unlike PyTorch's module, which
+    owns its ``Linear`` layer, it holds no parameters: the head's weight (a model's
+    ``lm_head.weight``, tied or not) is passed at each call.
+
+    Shapes, as :func:`crossent.torch.linear_cross_entropy` takes them:
+
+    * input ``h``: ``(N, D)`` or ``(B, T, D)`` hidden states (``(N, D)`` with a
+      K-dimensional head);
+    * linear_weight ``W``: ``(V, D)``, or ``(C, d1, ..., dK, D)``; linear_bias ``b``:
+      ``(V,)`` or ``(C, d1, ..., dK)``;
+    * target: class indices ``(N,)`` / ``(B, T)`` / ``(N, d1, ..., dK)``, or probabilities
+      with the classes added (``(N, V)``, ``(B, T, V)``, ``(N, C, d1, ..., dK)``);
+    * output: a 0-d tensor, or the target's batch shape for ``reduction='none'``.
+
+    >>> import torch
+    >>> import torch.nn.functional as F
+    >>> h = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])  # (N, D)
+    >>> W = torch.tensor([[2.0, 0.0], [0.0, 1.0], [0.5, 0.5]])  # (V, D)
+    >>> y = torch.tensor([0, 1, 2])
+    >>> loss_fn = LinearCrossEntropyLoss(label_smoothing=0.1)
+    >>> round(loss_fn(h, W, y).item(), 6)
+    0.890468
+    >>> round(F.cross_entropy(h @ W.T, y, label_smoothing=0.1).item(), 6)  # the same
+    0.890468
     """
 
     def __init__(self, weight: torch.Tensor | None = None, reduction: str = "mean",
