@@ -408,7 +408,7 @@ def test_loss_docstrings_carry_maths_shapes_and_an_example():
 
 #: Returns sections that griffe splits into several returned values (a continuation line not
 #: indented under the first), in a module other work owns; to be fixed in its docstring.
-KNOWN_SPLIT_RETURNS: set[str] = {"crossent.info.kl_divergence"}
+KNOWN_SPLIT_RETURNS: set[str] = set()
 
 
 def test_returns_sections_describe_one_value_each():

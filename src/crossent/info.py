@@ -155,7 +155,7 @@ def kl_divergence(p: Any, q: Any, axis: int = -1, base: float | None = None) -> 
 
     Returns:
         ``p``'s shape without ``axis``: 0 where ``q`` equals ``p``, ``inf`` where ``q``
-        gives probability 0 to an outcome ``p`` makes possible.
+            gives probability 0 to an outcome ``p`` makes possible.
 
     >>> round(float(kl_divergence([0.6, 0.2, 0.2], [0.2, 0.3, 0.5])), 10)
     0.3948162052
