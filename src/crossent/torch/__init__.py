@@ -7,7 +7,7 @@ are used for CUDA tensors when triton is installed.
 from __future__ import annotations
 
 from .functional import cross_entropy
-from .linear import linear_cross_entropy
+from .linear import linear_cross_entropy, linear_cross_entropy_memory
 from .modules import CrossEntropyLoss, LinearCrossEntropyLoss
 from .reference import cross_entropy_ref, linear_cross_entropy_ref
 
@@ -15,6 +15,7 @@ __all__ = [
     "cross_entropy",
     "CrossEntropyLoss",
     "linear_cross_entropy",
+    "linear_cross_entropy_memory",
     "LinearCrossEntropyLoss",
     "cross_entropy_ref",
     "linear_cross_entropy_ref",
