@@ -480,3 +480,20 @@ def test_numpy_executor_scratch_is_per_block():
     finally:
         tracemalloc.stop()
     assert peak < vocab * features * 4 / 8, peak
+
+
+def test_the_cuda_products_accumulate_like_the_cpu_ones(monkeypatch):
+    # pass 2's CUDA path (a half-precision product with a float32 result, the first into the
+    # accumulator, later ones through a scratch buffer) run on CPU with an emulated product
+    def emulated(a, b, out):
+        assert a.dtype == b.dtype == torch.bfloat16 and out.dtype == torch.float32
+        torch.mm(a.float(), b.float(), out=out)
+
+    h, w, b, y = _problem((30,), 8, 50, dtype=torch.bfloat16, ignore=True)
+    kw = dict(schedule="vocab", vocab_block_size=16, chunk_size=7, label_smoothing=0.1)
+    expected, go = _grads(ct.linear_cross_entropy, h, w, b, y, **kw)
+    monkeypatch.setattr(blocked, "_product_mode", lambda device, dtype, acc: "cuda")
+    monkeypatch.setattr(blocked, "_mm_float32", emulated)
+    got, _ = _grads(ct.linear_cross_entropy, h, w, b, y, go=go, **kw)
+    for a, e in zip(got, expected):
+        torch.testing.assert_close(a, e, rtol=0, atol=0)

@@ -265,21 +265,78 @@ class _Layout:
             stats.shape[0], r1 - r0, blk.positions)
 
 
-def _accumulate(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scratch) -> None:
-    """``acc += a @ b``; ``acc`` may be float32 while ``a, b`` are half precision.
+def _product_mode(device: torch.device, dtype: torch.dtype, acc: torch.dtype) -> str:
+    """How pass 2 takes its products (:class:`_Products`): ``"same"``, ``"cuda"``, ``"widen"``."""
+    if acc == dtype:
+        return "same"
+    return "cuda" if device.type == "cuda" else "widen"
 
-    Half precision on CUDA: the product on tensor cores with a float32 result
-    (``torch.mm(..., out_dtype=float32)``) into ``scratch``, then added.  Elsewhere (CPU has
-    no mixed-dtype product) ``scratch`` holds float32 copies ``(a32, b32)`` already made.
+
+def _mm_float32(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
+    """``out = a @ b`` in float32 from half-precision ``a, b`` (CUDA's mixed-dtype ``mm``)."""
+    torch.mm(a, b, out_dtype=torch.float32, out=out)
+
+
+class _Products:
+    """The products of pass 2, ``dh[rows] (+)= g W_k`` and ``dW_k (+)= g^T h[rows]``, into
+    accumulators of ``compute_dtype(input)``: float32 for half-precision inputs.
+
+    Same dtype: ``mm``/``addmm_`` straight into the accumulator.  Half precision on CUDA: the
+    product on tensor cores with a float32 result (``torch.mm(..., out_dtype=float32)``),
+    added from a scratch buffer after the first.  Elsewhere (a CPU has no mixed-dtype
+    product): float32 copies of the operands, then a float32 product.  The first product
+    into an accumulator overwrites it (no zero-filling).
     """
-    if a.dtype == acc.dtype:
-        acc.addmm_(a, b)
-    elif acc.device.type == "cuda":
-        torch.mm(a, b, out_dtype=acc.dtype, out=scratch)
-        acc += scratch
-    else:
-        a32, b32 = scratch
-        acc.addmm_(a32, b32)
+
+    def __init__(self, h, w, width, tile_rows, need_dh, need_dw):
+        self.acc = compute_dtype(w.dtype)
+        self.mode = _product_mode(h.device, h.dtype, self.acc)
+        features = h.shape[1]
+
+        def buffer(*shape, wanted=True):
+            return torch.empty(shape, dtype=self.acc, device=h.device) if wanted else None
+
+        if self.mode == "cuda":
+            self.dh_part = buffer(tile_rows, features, wanted=need_dh)
+            self.dw_part = buffer(width, features, wanted=need_dw)
+        elif self.mode == "widen":
+            self.g32 = buffer(tile_rows * width)
+            self.h32 = buffer(tile_rows, features, wanted=need_dw)
+            self.w32 = buffer(width, features, wanted=need_dh)
+
+    def start_block(self, w_k):
+        if self.mode == "widen" and self.w32 is not None:
+            self.w32[:w_k.shape[0]].copy_(w_k)
+
+    def start_tile(self, g, h_t):
+        """``g``: the tile's gradient ``(n, width)``, written in place over its logits."""
+        if self.mode == "widen":
+            self.g = self.g32[:g.numel()].view(g.shape).copy_(g)
+            if self.h32 is not None:
+                self.h_t = self.h32[:h_t.shape[0]].copy_(h_t)
+
+    def input_grad(self, out, g, w_k, first):
+        if self.mode == "widen":
+            g, w_k = self.g, self.w32[:w_k.shape[0]]
+        self._into(out, g, w_k, first, "dh_part")
+
+    def weight_grad(self, out, g, h_t, first):
+        if self.mode == "widen":
+            g, h_t = self.g, self.h_t
+        self._into(out, g.t(), h_t, first, "dw_part")
+
+    def _into(self, out, a, b, first, part):
+        if self.mode == "cuda":
+            if first:
+                _mm_float32(a, b, out)
+            else:
+                scratch = getattr(self, part)[:out.shape[0]]
+                _mm_float32(a, b, scratch)
+                out += scratch
+        elif first:
+            torch.mm(a, b, out=out)
+        else:
+            out.addmm_(a, b)
 
 
 def _blocked(h, w, b, target, weight, grad_output, reduction, params, block, block_rows, impl,
@@ -340,61 +397,41 @@ def _blocked(h, w, b, target, weight, grad_output, reduction, params, block, blo
                 w.new_empty((0,)))
 
     # pass 2: block by block, the gradient with the global statistics
-    acc = compute_dtype(w.dtype)  # float32 for half precision
-    half = acc != h.dtype
-    cuda = h.device.type == "cuda"
-    dh = h.new_zeros(h.shape, dtype=acc) if need_dh else h.new_empty((0,))
+    products = _Products(h, w, width, tile_rows, need_dh, need_dw)
+    acc, half = products.acc, products.acc != w.dtype
+    dh = torch.empty(h.shape, dtype=acc, device=h.device) if need_dh else h.new_empty((0,))
     dw = torch.empty_like(w) if need_dw else w.new_empty((0,))
     db = torch.empty((vocab,), dtype=b.dtype, device=w.device) if need_db else w.new_empty((0,))
-    if half:  # float32 accumulators of one block, and the products' float32 operands/results
-        dw_block = torch.empty((width, features), dtype=acc, device=w.device) if need_dw \
-            else None
-        db_block = torch.empty((width,), dtype=acc, device=w.device) if need_db else None
-        if cuda:
-            dh_part = torch.empty((tile_rows, features), dtype=acc, device=h.device)
-            dw_part = torch.empty((width, features), dtype=acc, device=w.device)
-        else:
-            g32 = torch.empty((tile_rows * width,), dtype=acc, device=h.device)
-            h32 = torch.empty((tile_rows, features), dtype=acc, device=h.device) \
-                if need_dw else None
-            w32 = torch.empty((width, features), dtype=acc, device=w.device) \
-                if need_dh else None
+    # half precision: float32 sums of one block, cast into dW and db when it is finished
+    dw_block = torch.empty((width, features), dtype=acc, device=w.device) \
+        if half and need_dw else None
+    db_block = torch.empty((width,), dtype=acc, device=w.device) if half and need_db else None
     current = None
     for blk, w_k, r0, r1, h_t, z, z_rows in tiles():
         if blk is not current:  # a new block: finish the last one, start this one's sums
-            _finish_block(current, dw, db, dw_block if half else None,
-                          db_block if half else None)
+            _finish_block(current, dw, db, dw_block, db_block)
             current = blk
-            dw_k = (dw_block[:blk.width] if half else dw[blk.first:blk.first + blk.width]) \
-                if need_dw else None
-            db_k = (db_block[:blk.width] if half else db[blk.first:blk.first + blk.width]) \
-                if need_db else None
-            for t in (dw_k, db_k):
-                if t is not None:
-                    t.zero_()
-            if half and not cuda and need_dh:
-                w32[:blk.width].copy_(w_k)
+            cols = slice(blk.first, blk.first + blk.width)
+            dw_k = (dw[cols] if dw_block is None else dw_block[:blk.width]) if need_dw \
+                else None
+            db_k = (db[cols] if db_block is None else db_block[:blk.width]) if need_db \
+                else None
+            products.start_block(w_k)
         row_scale = layout.select(scale, r0, r1, blk) if scale.ndim else scale
         shard.shard_gradient(z_rows, layout.stats(stats, r0, r1, blk),
                              tile_target(blk, r0, r1), params, w_cls, blk.col_start, classes,
                              row_scale, z_rows, impl=impl)
-        n = r1 - r0
-        if half and not cuda:
-            g = g32[:n * blk.width].view(n, blk.width)
-            g.copy_(z)
-            if need_dw:
-                h32[:n].copy_(h_t)
+        products.start_tile(z, h_t)
         if need_dh:
-            operands = dh_part[:n] if (half and cuda) else \
-                (g, w32[:blk.width]) if half else None
-            _accumulate(dh[r0:r1], z, w_k, operands)
+            products.input_grad(dh[r0:r1], z, w_k, first=blk is plan[0])
         if need_dw:
-            operands = dw_part[:blk.width] if (half and cuda) else \
-                (g.t(), h32[:n]) if half else None
-            _accumulate(dw_k, z.t(), h_t, operands)
+            products.weight_grad(dw_k, z, h_t, first=r0 == 0)
         if need_db:
-            db_k += z.sum(dim=0, dtype=acc)
-    _finish_block(current, dw, db, dw_block if half else None, db_block if half else None)
+            if r0 == 0:
+                torch.sum(z, dim=0, dtype=acc, out=db_k)
+            else:
+                db_k += z.sum(dim=0, dtype=acc)
+    _finish_block(current, dw, db, dw_block, db_block)
     if need_dh and half:
         dh = dh.to(h.dtype)
     return per_row, denominator, dh, dw, db
