@@ -161,8 +161,7 @@ def schedule_memory(
     ``dtype`` is float16/bfloat16, whose gradients accumulate in float32):
 
     * both: per-row losses and the 'mean' weights, ``N S`` in the compute dtype; the
-      executor's per-block scratch (up to :data:`~crossent.torch._rows.TORCH_BLOCK_ELEMENTS`
-      values a few times for ``impl="torch"``; NumPy's and Triton's are smaller);
+      executor's scratch on the chunk or tile (:func:`_executor_scratch`);
     * rows: the logits chunk ``n V isz``; half with ``dW``: the float32 ``V D`` accumulator,
       float32 copies of the chunk ``n V`` and of its rows ``n D``; half with ``db``: ``V``;
     * vocab: the statistics ``4 N S``; the tile ``n B isz`` (``B`` columns); half: the
@@ -203,7 +202,7 @@ def schedule_memory(
         if device_type == "cuda":
             by_vocab += (m * features * 4 if need_dh else 0) + \
                 (width * features * 4 if need_dw else 0)
-        else:
+        elif need_dh or need_dw:
             by_vocab += m * width * 4 + (m * features * 4 if need_dw else 0) + \
                 (width * features * 4 if need_dh else 0)
     return int(by_rows), int(by_vocab)
@@ -300,7 +299,7 @@ class _Products:
             self.dh_part = buffer(tile_rows, features, wanted=need_dh)
             self.dw_part = buffer(width, features, wanted=need_dw)
         elif self.mode == "widen":
-            self.g32 = buffer(tile_rows * width)
+            self.g32 = buffer(tile_rows * width, wanted=need_dh or need_dw)
             self.h32 = buffer(tile_rows, features, wanted=need_dw)
             self.w32 = buffer(width, features, wanted=need_dh)
 
@@ -310,7 +309,7 @@ class _Products:
 
     def start_tile(self, g, h_t):
         """``g``: the tile's gradient ``(n, width)``, written in place over its logits."""
-        if self.mode == "widen":
+        if self.mode == "widen" and self.g32 is not None:
             self.g = self.g32[:g.numel()].view(g.shape).copy_(g)
             if self.h32 is not None:
                 self.h_t = self.h32[:h_t.shape[0]].copy_(h_t)
