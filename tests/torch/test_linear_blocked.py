@@ -202,9 +202,10 @@ def test_block_plan():
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("schedule", ["rows", "vocab"])
+@pytest.mark.parametrize(("schedule", "tile"), [("rows", 20), ("vocab", 20),
+                                                ("vocab", None)])
 @pytest.mark.parametrize("impl", IMPLS)
-def test_bfloat16_confident_and_offset(schedule, impl, within_torch_error):
+def test_bfloat16_confident_and_offset(schedule, tile, impl, within_torch_error):
     # p -> 1 for the target (a margin of ~20 over the rest) on logits near 300 (a common
     # offset, through the bias), where bfloat16's spacing is 2: the gradient's 1 - p must
     # not be lost to rounding, nor the offset leak into the loss
@@ -223,20 +224,22 @@ def test_bfloat16_confident_and_offset(schedule, impl, within_torch_error):
     same, _ = _grads(naive, *low, y, go=go.to(torch.bfloat16), label_smoothing=0.05)
     ours, _ = _grads(ct.linear_cross_entropy, *low, y, go=go.to(torch.bfloat16),
                      label_smoothing=0.05, schedule=schedule, impl=impl, vocab_block_size=64,
-                     chunk_size=20)
+                     chunk_size=tile)
     assert all(t.dtype == torch.bfloat16 for t in ours)
     for name, o, s, r in zip(("loss", "d input", "d weight", "d bias"), ours, same, ref):
         within_torch_error(o, s, r, eps=1e-3, what=name)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_matches_the_rows_schedule_closely(dtype):
+@pytest.mark.parametrize("tile", [16, None], ids=["tiles", "one-tile"])
+def test_half_precision_matches_the_rows_schedule_closely(dtype, tile):
     # both schedules round the logits and their gradient to the input dtype and accumulate
-    # the products in float32, so they agree to a few units in the last place
+    # the products in float32 (with one tile of every row, each block's dW is one product),
+    # so they agree to a few units in the last place
     h, w, b, y = _problem((64,), 32, 200, dtype=dtype, ignore=True)
     rows, go = _grads(ct.linear_cross_entropy, h, w, b, y, schedule="rows", chunk_size=16)
     vocab, _ = _grads(ct.linear_cross_entropy, h, w, b, y, go=go, schedule="vocab",
-                      chunk_size=16, vocab_block_size=32)
+                      chunk_size=tile, vocab_block_size=32)
     for name, a, r in zip(("loss", "d input", "d weight", "d bias"), vocab, rows):
         assert a.dtype == dtype
         torch.testing.assert_close(a.float(), r.float(), rtol=2e-2, atol=2e-3, msg=name)
@@ -341,7 +344,7 @@ def test_memory_model_at_language_model_scale():
     m = linear_cross_entropy_memory(8192, 4096, 128256, dtype=torch.bfloat16, device="cuda")
     assert m.rows >= 128256 * 4096 * 4
     assert m.vocab < 0.6 * 2**30 and m.chosen == "vocab"
-    assert (m.block, m.block_rows) == (8192, 4096)
+    assert (m.block, m.block_rows) == (4096, 8192)  # one tile of every row per block
     # float32 on a CPU: both accumulate into the returned gradients; rows is within budget
     m = linear_cross_entropy_memory(2048, 2048, 128256)
     assert m.rows < blocked.SCHEDULE_BUDGET_BYTES and m.chosen == "rows"
@@ -482,7 +485,8 @@ def test_numpy_executor_scratch_is_per_block():
     assert peak < vocab * features * 4 / 8, peak
 
 
-def test_the_cuda_products_accumulate_like_the_cpu_ones(monkeypatch):
+@pytest.mark.parametrize("tile", [7, None], ids=["tiles", "one-tile"])
+def test_the_cuda_products_accumulate_like_the_cpu_ones(monkeypatch, tile):
     # pass 2's CUDA path (a half-precision product with a float32 result, the first into the
     # accumulator, later ones through a scratch buffer) run on CPU with an emulated product
     def emulated(a, b, out):
@@ -490,7 +494,7 @@ def test_the_cuda_products_accumulate_like_the_cpu_ones(monkeypatch):
         torch.mm(a.float(), b.float(), out=out)
 
     h, w, b, y = _problem((30,), 8, 50, dtype=torch.bfloat16, ignore=True)
-    kw = dict(schedule="vocab", vocab_block_size=16, chunk_size=7, label_smoothing=0.1)
+    kw = dict(schedule="vocab", vocab_block_size=16, chunk_size=tile, label_smoothing=0.1)
     expected, go = _grads(ct.linear_cross_entropy, h, w, b, y, **kw)
     monkeypatch.setattr(blocked, "_product_mode", lambda device, dtype, acc: "cuda")
     monkeypatch.setattr(blocked, "_mm_float32", emulated)

@@ -58,7 +58,7 @@ SCHEDULES = ("auto", "rows", "vocab")
 SCHEDULE_BUDGET_BYTES = 1 << 30
 #: Columns per vocabulary block: 8192 ...
 VOCAB_BLOCK = 8192
-#: ... but the block's float32 ``(block, D)`` weight-gradient accumulator within 128 MiB ...
+#: ... fewer if a float32 ``(block, D)`` block or ``(N, block)`` tile exceeds 128 MiB ...
 BLOCK_BUDGET_BYTES = 128 << 20
 #: ... and never fewer columns than this (thin matrix products are slow).
 MIN_VOCAB_BLOCK = 512
@@ -80,12 +80,13 @@ def check_block_size(block: object) -> int | None:
     return block
 
 
-def choose_vocab_block(vocab: int, features: int, budget_bytes: int = BLOCK_BUDGET_BYTES
-                       ) -> int:
-    """Columns per block: :data:`VOCAB_BLOCK`, fewer if the float32 ``(block, features)``
-    accumulator would exceed ``budget_bytes``, at least :data:`MIN_VOCAB_BLOCK`, never more
-    than ``vocab``."""
-    fit = budget_bytes // (4 * max(features, 1))
+def choose_vocab_block(vocab: int, features: int, rows: int,
+                       budget_bytes: int = BLOCK_BUDGET_BYTES) -> int:
+    """Columns per block: :data:`VOCAB_BLOCK`, fewer if a float32 ``(block, features)``
+    block or a float32 ``(rows, block)`` tile of every row would exceed ``budget_bytes``
+    (a tile of every row makes each block's ``dW`` one product, with no float32 sum), but
+    at least :data:`MIN_VOCAB_BLOCK`, never more than ``vocab``."""
+    fit = budget_bytes // (4 * max(features, rows, 1))
     return int(max(1, min(vocab, max(MIN_VOCAB_BLOCK, min(VOCAB_BLOCK, fit)))))
 
 
@@ -165,9 +166,11 @@ def schedule_memory(
     * rows: the logits chunk ``n V isz``; half with ``dW``: the float32 ``V D`` accumulator,
       float32 copies of the chunk ``n V`` and of its rows ``n D``; half with ``db``: ``V``;
     * vocab: the statistics ``4 N S``; the tile ``n B isz`` (``B`` columns); half: the
-      float32 ``dh`` accumulator ``N D``, the ``dW`` block ``B D`` and ``db`` block ``B``,
-      and for the products' float32 results on CUDA ``n D`` and ``B D`` (elsewhere float32
-      copies of the tile ``n B``, of its rows ``n D`` and of the block ``B D``).
+      float32 ``dh`` accumulator ``N D`` and ``db`` block ``B``, the products' float32
+      results on CUDA ``n D`` (elsewhere float32 copies of the tile ``n B`` and of the
+      block ``B D``); and when the rows take more than one tile, the float32 ``dW`` block
+      ``B D`` with, on CUDA, its products' results ``B D`` (elsewhere a float32 copy of the
+      tile's rows ``n D``).
     """
     classes = vocab if classes is None else classes
     spatial = max(1, vocab // max(classes, 1))
@@ -192,18 +195,19 @@ def schedule_memory(
     by_vocab = common + 4 * loss_rows * ssz + m * width * isz + \
         _executor_scratch(impl, tile_rows, columns, csz)
     by_vocab += 6 * 4 * tile_rows * ssz  # the merge's temporaries, per tile
-    if half and (need_dh or need_dw or need_db):
+    if half:
+        summed_dw = need_dw and m < rows  # one tile: dW_k is one product, no float32 sum
         if need_dh:
             by_vocab += rows * features * 4
-        if need_dw:
+        if summed_dw:
             by_vocab += width * features * 4
         if need_db:
             by_vocab += width * 4 * 2
         if device_type == "cuda":
             by_vocab += (m * features * 4 if need_dh else 0) + \
-                (width * features * 4 if need_dw else 0)
-        elif need_dh or need_dw:
-            by_vocab += m * width * 4 + (m * features * 4 if need_dw else 0) + \
+                (width * features * 4 if summed_dw else 0)
+        elif need_dh or summed_dw:
+            by_vocab += m * width * 4 + (m * features * 4 if summed_dw else 0) + \
                 (width * features * 4 if need_dh else 0)
     return int(by_rows), int(by_vocab)
 
@@ -284,12 +288,16 @@ class _Products:
     product on tensor cores with a float32 result (``torch.mm(..., out_dtype=float32)``),
     added from a scratch buffer after the first.  Elsewhere (a CPU has no mixed-dtype
     product): float32 copies of the operands, then a float32 product.  The first product
-    into an accumulator overwrites it (no zero-filling).
+    into an accumulator overwrites it (no zero-filling).  When one tile holds every row
+    (``single_tile``), a block's ``dW_k`` is one product, accumulated in float32 inside the
+    matrix product and rounded once: it is written straight into the gradient.
     """
 
-    def __init__(self, h, w, width, tile_rows, need_dh, need_dw):
+    def __init__(self, h, w, width, tile_rows, need_dh, need_dw, single_tile):
         self.acc = compute_dtype(w.dtype)
         self.mode = _product_mode(h.device, h.dtype, self.acc)
+        self.dw_direct = single_tile
+        summed_dw = need_dw and not single_tile
         features = h.shape[1]
 
         def buffer(*shape, wanted=True):
@@ -297,10 +305,10 @@ class _Products:
 
         if self.mode == "cuda":
             self.dh_part = buffer(tile_rows, features, wanted=need_dh)
-            self.dw_part = buffer(width, features, wanted=need_dw)
+            self.dw_part = buffer(width, features, wanted=summed_dw)
         elif self.mode == "widen":
-            self.g32 = buffer(tile_rows * width, wanted=need_dh or need_dw)
-            self.h32 = buffer(tile_rows, features, wanted=need_dw)
+            self.g32 = buffer(tile_rows * width, wanted=need_dh or summed_dw)
+            self.h32 = buffer(tile_rows, features, wanted=summed_dw)
             self.w32 = buffer(width, features, wanted=need_dh)
 
     def start_block(self, w_k):
@@ -320,6 +328,11 @@ class _Products:
         self._into(out, g, w_k, first, "dh_part")
 
     def weight_grad(self, out, g, h_t, first):
+        """``out``: the block's rows of the returned ``dW`` when :attr:`dw_direct`, else its
+        float32 accumulator."""
+        if self.dw_direct:
+            torch.mm(g.t(), h_t, out=out)
+            return
         if self.mode == "widen":
             g, h_t = self.g, self.h_t
         self._into(out, g.t(), h_t, first, "dw_part")
@@ -396,14 +409,16 @@ def _blocked(h, w, b, target, weight, grad_output, reduction, params, block, blo
                 w.new_empty((0,)))
 
     # pass 2: block by block, the gradient with the global statistics
-    products = _Products(h, w, width, tile_rows, need_dh, need_dw)
+    single_tile = tile_rows >= rows
+    products = _Products(h, w, width, tile_rows, need_dh, need_dw, single_tile)
     acc, half = products.acc, products.acc != w.dtype
     dh = torch.empty(h.shape, dtype=acc, device=h.device) if need_dh else h.new_empty((0,))
     dw = torch.empty_like(w) if need_dw else w.new_empty((0,))
     db = torch.empty((vocab,), dtype=b.dtype, device=w.device) if need_db else w.new_empty((0,))
-    # half precision: float32 sums of one block, cast into dW and db when it is finished
+    # half precision: float32 sums of one block over its tiles, cast into dW and db when the
+    # block is finished
     dw_block = torch.empty((width, features), dtype=acc, device=w.device) \
-        if half and need_dw else None
+        if half and need_dw and not single_tile else None
     db_block = torch.empty((width,), dtype=acc, device=w.device) if half and need_db else None
     current = None
     for blk, w_k, r0, r1, h_t, z, z_rows in tiles():

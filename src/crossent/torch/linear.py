@@ -406,7 +406,7 @@ def _plan(rows: int, features: int, classes: int, spatial: int, dtype: torch.dty
     vocab = classes * spatial
     chunk = choose_chunk_size(rows, vocab) if chunk_size is None else min(chunk_size,
                                                                            max(rows, 1))
-    block = choose_vocab_block(vocab, features) if vocab_block_size is None \
+    block = choose_vocab_block(vocab, features, rows) if vocab_block_size is None \
         else vocab_block_size
     block_rows = choose_chunk_size(rows, min(block, vocab)) if chunk_size is None else chunk
     by_rows, by_vocab = schedule_memory(
@@ -433,7 +433,7 @@ def linear_cross_entropy_memory(
     >>> import torch
     >>> m = linear_cross_entropy_memory(8192, 4096, 128256, dtype=torch.bfloat16, device="cuda")
     >>> m.chosen, round(m.rows / 2**30, 2), round(m.vocab / 2**30, 2)
-    ('vocab', 2.33, 0.49)
+    ('vocab', 2.33, 0.31)
     """
     device = torch.device(device)
     for name, value in (("rows", rows), ("features", features), ("vocab", vocab)):
@@ -504,7 +504,8 @@ def linear_cross_entropy(
             ``"rows"`` while it needs at most 1 GiB beyond the inputs and gradients or no
             more than ``"vocab"``; :func:`linear_cross_entropy_memory` says what each needs.
         vocab_block_size: columns per block of ``schedule="vocab"``; None chooses it
-            (8192, fewer if a float32 ``(block, D)`` buffer exceeds 128 MiB).
+            (8192, fewer if a float32 ``(block, D)`` block or ``(N, block)`` tile would
+            exceed 128 MiB).
 
     >>> import torch
     >>> h = torch.tensor([[1.0, 0.0], [0.0, 1.0]]); W = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
