@@ -209,7 +209,7 @@ def schedule_memory(
         elif need_dh or summed_dw:
             by_vocab += m * width * 4 + (m * features * 4 if summed_dw else 0) + \
                 (width * features * 4 if need_dh else 0)
-    return int(by_rows), int(by_vocab)
+    return by_rows, by_vocab
 
 
 def _executor_scratch(impl: str, rows: int, columns: int, itemsize: int) -> int:

@@ -23,6 +23,11 @@ The head's rows are reordered once to ``(d1, ..., dK, C)`` (a copy of the weight
 logits), so that each chunk's logits ``(n, S*C)`` are ``n*S`` rows with classes last, the
 layout of every executor; ``dW`` is reordered back.
 
+That is ``schedule="rows"``.  ``schedule="vocab"`` (:mod:`crossent.torch._linear_blocked`)
+walks the vocabulary in blocks instead, so that a half-precision head's float32 ``dW``
+accumulator is one block, not ``V x D``; ``schedule="auto"`` chooses between the two by the
+memory each needs (:func:`linear_cross_entropy_memory`).
+
 Chunk size (``chunk_size=None``): the ``(n, V)`` logits chunk may take
 :data:`CHUNK_BUDGET_BYTES` counted in float32, but a chunk has at least
 :data:`MIN_CHUNK_ROWS` rows: ``n = min(N, max(budget // (4 V), MIN_CHUNK_ROWS))``.  The floor
