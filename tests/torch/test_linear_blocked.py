@@ -125,6 +125,21 @@ def test_all_rows_ignored():
             assert torch.equal(g, torch.zeros_like(g))
 
 
+@pytest.mark.parametrize("schedule", ["rows", "vocab"])
+@pytest.mark.parametrize("dtype", [F64, torch.bfloat16])
+def test_no_rows(schedule, dtype):
+    h, w, b, _ = _problem((0,), 4, 9, dtype=dtype)
+    y = torch.zeros((0,), dtype=torch.int64)
+    for reduction in ("sum", "none"):
+        (loss, *grads), _ = _grads(ct.linear_cross_entropy, h, w, b, y,
+                                   go=torch.ones(() if reduction == "sum" else (0,),
+                                                 dtype=dtype),
+                                   reduction=reduction, schedule=schedule, vocab_block_size=4)
+        assert loss.shape == (() if reduction == "sum" else (0,))
+        for g, t in zip(grads, (h, w, b)):
+            assert g.shape == t.shape and torch.equal(g, torch.zeros_like(t))
+
+
 def test_minus_inf_logits_in_whole_blocks():
     # a block whose every logit is -inf (a bias of -inf) adds nothing and is no NaN
     h, w, b, y = _problem((8,), 4, 12)

@@ -22,9 +22,12 @@ Two schedules compute the same loss and gradients of ``CE(h W^T + b, y)`` withou
        ``dW_k += g^T h`` over the row tiles, ``db_k += sum g``; then ``dW_k`` (float32 for
        half precision) is finished and cast to the weight's dtype.
 
-    The float32 accumulator of ``dW`` is one block (``block x D``), not ``V x D``; the one
-    accumulated over every block is ``dh``, ``N x D`` (float32 for half precision).  Four
-    matrix products per logit (the logits are computed twice).
+    The float32 accumulator of ``dW`` is one block (``block x D``), not ``V x D``, and none
+    when one tile holds every row (the default block is narrowed to make it so while the
+    tile stays within :data:`BLOCK_BUDGET_BYTES`): each block's ``dW_k`` is then a single
+    product, summed in float32 inside it and rounded once.  The accumulator over every
+    block is ``dh``'s, ``N x D`` (float32 for half precision).  Four matrix products per
+    logit (the logits are computed twice).
 
 A K-dimensional head (``linear_weight`` ``(C, d1..dK, D)``, reordered by the caller to rows
 ``(d1..dK, C)``) is a longer vocabulary of ``S = d1*...*dK`` softmaxes side by side: a block
@@ -446,6 +449,9 @@ def _blocked(h, w, b, target, weight, grad_output, reduction, params, block, blo
             else:
                 db_k += z.sum(dim=0, dtype=acc)
     _finish_block(current, dw, db, dw_block, db_block)
+    if rows == 0:  # no tiles ran: no row contributes to dW or db
+        dw.zero_()
+        db.zero_()
     if need_dh and half:
         dh = dh.to(h.dtype)
     return per_row, denominator, dh, dw, db
