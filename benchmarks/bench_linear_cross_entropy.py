@@ -1,14 +1,20 @@
 """Benchmark: ``crossent.torch.linear_cross_entropy`` against the naive op and PyTorch's own.
 
-Forward + backward on CPU, float32, hidden states ``h: (N, D)``, classifier ``W: (V, D)``
-(both requiring grad), int64 targets, reduction ``'mean'``.  Providers, each in its own fresh
-process (see ``_harness.py``) so peak memory is measured cleanly:
+Forward + backward on CPU, float32 (``--dtype``), hidden states ``h: (N, D)``, classifier
+``W: (V, D)`` (both requiring grad), int64 targets, reduction ``'mean'``.  Providers, each in
+its own fresh process (see ``_harness.py``) so peak memory is measured cleanly:
 
-* ``crossent``       ``crossent.torch.linear_cross_entropy(h, W, y)`` (row chunks, gradients
-                     finished in the forward pass)
-* ``naive``          ``F.cross_entropy(h @ W.T, y)``: the full ``N x V`` logits
-* ``torch-chunked``  ``F.linear_cross_entropy(h, W, y, options=LinearCrossEntropyOptions())``,
-                     PyTorch 2.13's batch-chunked op
+* ``crossent``         ``crossent.torch.linear_cross_entropy(h, W, y)``: ``schedule="auto"``,
+                       whose pick is in the ``schedule`` column
+* ``crossent[rows]``   the same with ``schedule="rows"`` (row chunks, three matrix products)
+* ``crossent[vocab]``  the same with ``schedule="vocab"`` (vocabulary blocks, four products,
+                       a float32 ``dW`` accumulator of one block)
+* ``naive``            ``F.cross_entropy(h @ W.T, y)``: the full ``N x V`` logits
+* ``torch-chunked``    ``F.linear_cross_entropy(h, W, y, options=LinearCrossEntropyOptions())``,
+                       PyTorch 2.13's batch-chunked op
+
+A forced schedule that ``auto`` picks anyway for a shape is not run twice: its row is the
+``crossent`` row (``schedule`` column), so both schedules appear once per shape.
 
 Time is the median of ``--repeats`` steps after one warm-up.  Peak extra memory is the growth
 of the process's resident set during one step (``_harness.py``), gradients included; the
@@ -17,7 +23,7 @@ of the process's resident set during one step (``_harness.py``), gradients inclu
 ``--sweep`` also measures peak memory against N at fixed D and V (one step per point) and
 writes ``benchmarks/results/linear_ce_memory.csv``; ``plot_linear_ce_memory.py`` draws it.
 
-Run: ``python benchmarks/bench_linear_cross_entropy.py [--sweep]`` (10-20 minutes on 2
+Run: ``python benchmarks/bench_linear_cross_entropy.py [--sweep]`` (15-25 minutes on 2
 cores: the matrix products dominate); ``--quick`` for small shapes.
 """
 
@@ -35,22 +41,37 @@ DEFAULT_SHAPES = "4096x1024x32000,2048x2048x128256"
 QUICK_SHAPES = "512x256x8000"
 SWEEP_N = "256,512,1024,2048,4096"
 SWEEP_DV = "1024x32000"
-PROVIDERS = ("crossent", "naive", "torch-chunked")
+PROVIDERS = ("crossent", "crossent[rows]", "crossent[vocab]", "naive", "torch-chunked")
+SCHEDULED = {"crossent[rows]": "rows", "crossent[vocab]": "vocab"}
+DTYPES = ("float32", "bfloat16")
 
 
-def worker(provider: str, n: int, d: int, v: int, repeats: int) -> dict:
+def auto_schedule(n: int, d: int, v: int, dtype: str) -> str:
+    """The schedule ``schedule="auto"`` takes for this step (the op's own rule)."""
+    import torch
+
+    import crossent.torch as ct
+
+    return ct.linear_cross_entropy_memory(n, d, v, dtype=getattr(torch, dtype)).chosen
+
+
+def worker(provider: str, n: int, d: int, v: int, repeats: int, dtype: str = "float32"
+           ) -> dict:
     import torch
     import torch.nn.functional as F
 
     import crossent.torch as ct
 
     gen = torch.Generator().manual_seed(0)
-    hidden = torch.randn(n, d, generator=gen).requires_grad_()
-    weight = (torch.randn(v, d, generator=gen) / d**0.5).requires_grad_()
+    dt = getattr(torch, dtype)
+    hidden = torch.randn(n, d, generator=gen).to(dt).requires_grad_()
+    weight = (torch.randn(v, d, generator=gen) / d**0.5).to(dt).requires_grad_()
     y = torch.randint(0, v, (n,), generator=gen)
-    if provider == "crossent":
+    if provider == "crossent" or provider in SCHEDULED:
+        schedule = SCHEDULED.get(provider, "auto")
+
         def loss_fn():
-            return ct.linear_cross_entropy(hidden, weight, y)
+            return ct.linear_cross_entropy(hidden, weight, y, schedule=schedule)
     elif provider == "naive":
         def loss_fn():
             return F.cross_entropy(hidden @ weight.T, y)
@@ -85,19 +106,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shapes", default=None, help=f"NxDxV list (default {DEFAULT_SHAPES})")
     p.add_argument("--providers", default=",".join(PROVIDERS))
     p.add_argument("--repeats", type=int, default=None, help="timed steps (default 3)")
+    p.add_argument("--dtype", default="float32", help=f"one of {', '.join(DTYPES)}")
     p.add_argument("--quick", action="store_true", help="a small shape only")
     p.add_argument("--sweep", action="store_true", help="also peak memory against N")
     p.add_argument("--sweep-n", default=SWEEP_N)
     p.add_argument("--sweep-dv", default=SWEEP_DV)
     p.add_argument("--csv", type=Path, default=HERE / "results" / "bench_linear_cross_entropy.csv")
     p.add_argument("--sweep-csv", type=Path, default=HERE / "results" / "linear_ce_memory.csv")
-    p.add_argument("--worker", nargs=5, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--worker", nargs=6, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.dtype not in DTYPES:
+        p.error(f"--dtype must be one of {', '.join(DTYPES)}, got {args.dtype!r}")
     if args.worker:
         import json
 
-        provider, *numbers = args.worker
-        print(json.dumps(worker(provider, *(int(x) for x in numbers))))
+        provider, *numbers, dtype = args.worker
+        print(json.dumps(worker(provider, *(int(x) for x in numbers), dtype)))
         return 0
 
     shapes = _shapes(args.shapes or (QUICK_SHAPES if args.quick else DEFAULT_SHAPES))
@@ -106,17 +130,22 @@ def main(argv: list[str] | None = None) -> int:
     info, vers, date = h.machine(), h.versions(("crossent", "torch")), h.now()
     print(f"crossent {vers['crossent']} | torch {vers['torch']} | Python {vers['python']}")
     print(f"{info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB | {date}")
-    print(f"float32, forward + backward (input and weight gradients), reduction='mean'; "
+    print(f"{args.dtype}, forward + backward (input and weight gradients), reduction='mean'; "
           f"median of {repeats}")
     print()
     records, table = [], []
     for n, d, v in shapes:
+        auto = auto_schedule(n, d, v, args.dtype)
+        print(f"{n} x {d} x {v}: schedule='auto' picks {auto!r}", flush=True)
+        # a forced schedule equal to auto's pick is the `crossent` row: not run twice
+        run = [name for name in providers
+               if not ("crossent" in providers and SCHEDULED.get(name) == auto)]
         results = {name: h.run_worker(Path(__file__), [name, str(n), str(d), str(v),
-                                                       str(repeats)])
-                   for name in providers}
+                                                       str(repeats), args.dtype])
+                   for name in run}
         naive = results.get("naive", {})
         chunked = results.get("torch-chunked", {})
-        for name in providers:
+        for name in run:
             r = results[name]
             if "error" in r:
                 table.append([f"{n} x {d} x {v}", name, "failed", "", "", "", ""])
@@ -127,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             rec = {
                 "date": date, "cpu": info["cpu"], "cores": info["cores"],
                 "crossent": vers["crossent"], "torch": vers["torch"], "N": n, "D": d, "V": v,
-                "dtype": "float32", "provider": name, "threads": r["threads"],
+                "dtype": args.dtype, "provider": name, "threads": r["threads"],
                 "repeats": repeats, "median_s": round(med, 3), "min_s": round(min(r["times"]), 3),
                 "peak_extra_mib": round(r["extra_bytes"] / h.MiB, 1),
                 "memory_method": r["memory_method"],
@@ -137,10 +166,12 @@ def main(argv: list[str] | None = None) -> int:
                                           if "times" in chunked else ""),
                 "memory_vs_naive": (round(r["extra_bytes"] / naive["extra_bytes"], 3)
                                     if naive.get("extra_bytes") else ""),
+                "schedule": SCHEDULED.get(name, auto if name == "crossent" else ""),
             }
             records.append(rec)
+            label = f"crossent (auto: {auto})" if name == "crossent" else name
             table.append([
-                f"{n} x {d} x {v}", name, f"{med:.2f}",
+                f"{n} x {d} x {v}", label, f"{med:.2f}",
                 f"{rec['time_vs_naive']:.2f}x" if rec["time_vs_naive"] != "" else "-",
                 (f"{rec['time_vs_torch_chunked']:.2f}x"
                  if rec["time_vs_torch_chunked"] != "" else "-"),
@@ -159,8 +190,13 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for n in (int(x) for x in args.sweep_n.split(",")):
             line = [str(n)]
+            auto = auto_schedule(n, d, v, args.dtype)
             for name in providers:
-                r = h.run_worker(Path(__file__), [name, str(n), str(d), str(v), "1"])
+                if "crossent" in providers and SCHEDULED.get(name) == auto:
+                    line.append("= crossent")
+                    continue
+                r = h.run_worker(Path(__file__), [name, str(n), str(d), str(v), "1",
+                                                  args.dtype])
                 mib = round(r["extra_bytes"] / h.MiB, 1) if "extra_bytes" in r else ""
                 sweep.append({"date": date, "N": n, "D": d, "V": v, "provider": name,
                               "peak_extra_mib": mib, "error": r.get("error", "")})

@@ -14,7 +14,7 @@ except ImportError as _exc:
     raise _missing(_exc, "crossent.torch", "torch") from _exc
 
 from .functional import cross_entropy
-from .linear import linear_cross_entropy
+from .linear import linear_cross_entropy, linear_cross_entropy_memory
 from .modules import CrossEntropyLoss, LinearCrossEntropyLoss
 from .reference import cross_entropy_ref, linear_cross_entropy_ref
 
@@ -22,6 +22,7 @@ __all__ = [
     "cross_entropy",
     "CrossEntropyLoss",
     "linear_cross_entropy",
+    "linear_cross_entropy_memory",
     "LinearCrossEntropyLoss",
     "cross_entropy_ref",
     "linear_cross_entropy_ref",

@@ -23,6 +23,11 @@ The head's rows are reordered once to ``(d1, ..., dK, C)`` (a copy of the weight
 logits), so that each chunk's logits ``(n, S*C)`` are ``n*S`` rows with classes last, the
 layout of every executor; ``dW`` is reordered back.
 
+That is ``schedule="rows"``.  ``schedule="vocab"`` (:mod:`crossent.torch._linear_blocked`)
+walks the vocabulary in blocks instead, so that a half-precision head's float32 ``dW``
+accumulator is one block, not ``V x D``; ``schedule="auto"`` chooses between the two by the
+memory each needs (:func:`linear_cross_entropy_memory`).
+
 Chunk size (``chunk_size=None``): the ``(n, V)`` logits chunk may take
 :data:`CHUNK_BUDGET_BYTES` counted in float32, but a chunk has at least
 :data:`MIN_CHUNK_ROWS` rows: ``n = min(N, max(budget // (4 V), MIN_CHUNK_ROWS))``.  The floor
@@ -43,6 +48,15 @@ import torch
 from .. import _semantics as sem
 from . import _contract as contract
 from ._impl import resolve_impl
+from ._linear_blocked import (
+    ScheduleMemory,
+    check_block_size,
+    check_schedule,
+    choose_schedule,
+    choose_vocab_block,
+    linear_cross_entropy_blocked,
+    schedule_memory,
+)
 from ._ops import register_looping_vmap
 from ._params import CrossEntropyParams
 from ._rows import (
@@ -174,9 +188,17 @@ class _Call:
     classes: int
     loss_dtype: torch.dtype
     dtypes: tuple[torch.dtype, torch.dtype, torch.dtype | None]  # of input, weight, bias
+    schedule: str = "rows"  # or "vocab": blocks of `block` columns by `block_rows` rows
+    block: int = 0
+    block_rows: int = 0
 
     def run(self, h, w, b, target, weight, grad_output, need):
         p = self.params
+        if self.schedule == "vocab":
+            return linear_cross_entropy_blocked(
+                h, w, b, target, weight, grad_output, self.reduction, p.probability,
+                p.ignore_index, p.label_smoothing, p.z_loss, p.softcap, self.block,
+                self.block_rows, self.impl, *need, list(self.target_shape), self.classes)
         return _linear_cross_entropy_chunked(
             h, w, b, target, weight, grad_output, self.reduction, p.probability,
             p.ignore_index, p.label_smoothing, p.z_loss, p.softcap, self.chunk, self.impl,
@@ -208,7 +230,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         h, w, b, target, weight, call, need = inputs
         _, dh, dw, db = output
         ctx.mark_non_differentiable(dh, dw, db)
-        ctx.set_materialize_grads(False)  # no zero-filled gradients of dh, dW, db
+        # no zeros for the gradients of dh, dW, db in backward: they would be as large as the
+        # gradients themselves (a V x D buffer for nothing)
+        ctx.set_materialize_grads(False)
         ctx.call = call
         ctx.need = need
         ctx.kept = (dh, dw, db) if call.reduction != "none" else None
@@ -218,7 +242,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, *_grads_of_grads):
         contract.refuse_double_backward("linear_cross_entropy")
-        if grad_loss is None:  # only the non-differentiable outputs were used
+        if grad_loss is None:  # nothing flows into the loss (grads are not materialised)
             return (None,) * 7
         call: _Call = ctx.call
         h_dtype, w_dtype, b_dtype = call.dtypes
@@ -378,6 +402,60 @@ def _row_tangents(h, w, b, target, weight, h_t, w_t, b_t, call: _Call) -> torch.
     return out.to(call.loss_dtype)
 
 
+def _plan(rows: int, features: int, classes: int, spatial: int, dtype: torch.dtype,
+          device_type: str, need: tuple[bool, bool, bool], probability_dtype, impl: str,
+          chunk_size: int | None, vocab_block_size: int | None, schedule: str
+          ) -> ScheduleMemory:
+    """Chunk and block sizes of both schedules, the memory each needs, and the schedule
+    used (``schedule``, or for ``"auto"`` the one :func:`choose_schedule` picks)."""
+    vocab = classes * spatial
+    chunk = choose_chunk_size(rows, vocab) if chunk_size is None else min(chunk_size,
+                                                                           max(rows, 1))
+    block = choose_vocab_block(vocab, features, rows) if vocab_block_size is None \
+        else vocab_block_size
+    block_rows = choose_chunk_size(rows, min(block, vocab)) if chunk_size is None else chunk
+    by_rows, by_vocab = schedule_memory(
+        rows, features, vocab, dtype=dtype, device_type=device_type, need=need, chunk=chunk,
+        block=block, block_rows=block_rows, classes=classes,
+        probability_dtype=probability_dtype, impl=impl)
+    chosen = choose_schedule(by_rows, by_vocab) if schedule == "auto" else schedule
+    return ScheduleMemory(by_rows, by_vocab, chosen, chunk, block, block_rows)
+
+
+def linear_cross_entropy_memory(
+    rows: int, features: int, vocab: int, *, dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu", input_grad: bool = True, weight_grad: bool = True,
+    bias_grad: bool = False, chunk_size: int | None = None,
+    vocab_block_size: int | None = None, impl: str = "auto",
+) -> ScheduleMemory:
+    """The bytes each schedule of :func:`linear_cross_entropy` needs for ``rows`` tokens of
+    ``features`` hidden units and a ``(vocab, features)`` head, beyond the inputs and the
+    returned gradients, and the schedule ``schedule="auto"`` takes: the same computation the
+    op makes.  Nothing is allocated (``device`` may name a device this machine lacks).
+
+    Returns a :class:`ScheduleMemory` ``(rows, vocab, chosen, chunk, block, block_rows)``.
+
+    >>> import torch
+    >>> m = linear_cross_entropy_memory(8192, 4096, 128256, dtype=torch.bfloat16, device="cuda")
+    >>> m.chosen, round(m.rows / 2**30, 2), round(m.vocab / 2**30, 2)
+    ('vocab', 2.33, 0.31)
+    """
+    device = torch.device(device)
+    for name, value in (("rows", rows), ("features", features), ("vocab", vocab)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(
+            chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    vocab_block_size = check_block_size(vocab_block_size)
+    if impl == "auto":  # as resolve_impl would, without asking whether triton imports here
+        impl = "cpu" if device.type == "cpu" else "triton" if device.type == "cuda" \
+            and dtype != torch.float64 else "torch"
+    return _plan(rows, features, vocab, 1, dtype, device.type,
+                 (input_grad, weight_grad, bias_grad), None, impl, chunk_size,
+                 vocab_block_size, "auto")
+
+
 def linear_cross_entropy(
     input: torch.Tensor,
     linear_weight: torch.Tensor,
@@ -393,6 +471,8 @@ def linear_cross_entropy(
     chunk_size: int | None = None,
     options: Any = None,
     impl: str = "auto",
+    schedule: str = "auto",
+    vocab_block_size: int | None = None,
     loss_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     r"""Cross-entropy of a linear layer's output, without materialising the logits.
@@ -418,10 +498,20 @@ def linear_cross_entropy(
         linear_bias: ``(V,)``, or ``(C, d1, ..., dK)`` with a K-dimensional head.
         weight, reduction, ignore_index, label_smoothing, z_loss, softcap: as in
             :func:`crossent.torch.cross_entropy`.
-        chunk_size: rows per chunk; None chooses it from :data:`CHUNK_BUDGET_BYTES`.
+        chunk_size: rows per chunk (per tile with ``schedule="vocab"``); None chooses it
+            from :data:`CHUNK_BUDGET_BYTES`.
         options: a ``torch.nn.LinearCrossEntropyOptions`` (only ``batch_chunk_size`` is used).
         impl: the cross-entropy executor for each chunk (``"auto"``, ``"cpu"``, ``"torch"``,
             ``"triton"``).
+        schedule: ``"rows"`` walks the rows in chunks (three matrix products per logit, but
+            a half-precision head's ``dW`` accumulates in a float32 ``V x D`` buffer);
+            ``"vocab"`` walks the vocabulary in blocks (four products: the logits are
+            computed twice; the float32 accumulator is one block).  ``"auto"`` takes
+            ``"rows"`` while it needs at most 1 GiB beyond the inputs and gradients or no
+            more than ``"vocab"``; :func:`linear_cross_entropy_memory` says what each needs.
+        vocab_block_size: columns per block of ``schedule="vocab"``; None chooses it
+            (8192, fewer if a float32 ``(block, D)`` block or ``(N, block)`` tile would
+            exceed 128 MiB).
         loss_dtype: the dtype of the returned loss; None follows PyTorch (the input's dtype,
             float32 under autocast).  ``torch.float32`` gives half-precision inputs the loss of
             ``F.cross_entropy(logits.float(), ...)``, what Hugging Face's causal-LM loss
@@ -543,6 +633,8 @@ def linear_cross_entropy(
         linear_bias = linear_bias.to(low) if linear_bias is not None else None
         weight = weight.to(autocast) if weight is not None else None
     impl = resolve_impl(impl, input.device, input.dtype)
+    schedule = check_schedule(schedule)
+    vocab_block_size = check_block_size(vocab_block_size)
     contract.refuse_higher_order("linear_cross_entropy", False)
 
     h = input.reshape(rows, features)
@@ -573,10 +665,16 @@ def linear_cross_entropy(
     else:
         loss_dtype = torch.promote_types(input.dtype, rows_target.dtype) if probability \
             else input.dtype
+    differentiating = contract.differentiating(h, w, b, rows_target, weight)
+    need = tuple(contract.may_differentiate(t) for t in (h, w, b)) if differentiating \
+        else (False, False, False)
+    plan = _plan(rows, features, classes, spatial, h.dtype, h.device.type, need,
+                 target.dtype if probability else None, impl, chunk_size, vocab_block_size,
+                 schedule)
     call = _Call(reduction, params, chunk, impl, tuple(loss_shape) or (1,), classes,
-                 loss_dtype, (h.dtype, w.dtype, b.dtype if b is not None else None))
-    if contract.differentiating(h, w, b, rows_target, weight):
-        need = tuple(contract.may_differentiate(t) for t in (h, w, b))
+                 loss_dtype, (h.dtype, w.dtype, b.dtype if b is not None else None),
+                 plan.chosen, plan.block, plan.block_rows)
+    if differentiating:
         function = _LinearCrossEntropy if torch.compiler.is_compiling() \
             else _LinearCrossEntropyJvp
         loss, *_ = function.apply(h, w, b, rows_target, weight, call, need)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .. import _semantics as sem
+from ._linear_blocked import check_block_size, check_schedule
 from .functional import cross_entropy
 from .linear import linear_cross_entropy
 
@@ -120,7 +121,9 @@ class LinearCrossEntropyLoss(nn.Module):
                  ignore_index: int | None = -100, label_smoothing: float = 0.0, *,
                  z_loss: float = 0.0, softcap: float | None = None,
                  chunk_size: int | None = None, options: object = None,
-                 impl: str = "auto", loss_dtype: torch.dtype | None = None) -> None:
+                 impl: str = "auto", schedule: str = "auto",
+                 vocab_block_size: int | None = None,
+                 loss_dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.register_buffer("weight", weight)
         self.reduction = sem.check_reduction(reduction)
@@ -131,6 +134,8 @@ class LinearCrossEntropyLoss(nn.Module):
         self.chunk_size = chunk_size
         self.options = options
         self.impl = impl
+        self.schedule = check_schedule(schedule)
+        self.vocab_block_size = check_block_size(vocab_block_size)
         self.loss_dtype = loss_dtype
 
     def forward(self, input: torch.Tensor, linear_weight: torch.Tensor, target: torch.Tensor,
@@ -140,5 +145,6 @@ class LinearCrossEntropyLoss(nn.Module):
             reduction=self.reduction, ignore_index=self.ignore_index,
             label_smoothing=self.label_smoothing, z_loss=self.z_loss, softcap=self.softcap,
             chunk_size=self.chunk_size, options=self.options, impl=self.impl,
+            schedule=self.schedule, vocab_block_size=self.vocab_block_size,
             loss_dtype=self.loss_dtype,
         )
