@@ -43,12 +43,12 @@ schedule otherwise.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 
-from .._kernel import num_threads
 from . import _shard as shard
 from ._ops import register_looping_vmap
 from ._params import CrossEntropyParams
@@ -215,6 +215,19 @@ def schedule_memory(
     return by_rows, by_vocab
 
 
+def _cpus() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+#: The NumPy executor's threads at most (``CROSSENT_NUM_THREADS`` may only lower them in
+#: practice), read once: the memory model runs inside ``torch.compile``'s traced code, which
+#: cannot ask the operating system.
+_CPUS = _cpus()
+
+
 def _executor_scratch(impl: str, rows: int, columns: int, itemsize: int) -> int:
     """Bytes an executor's temporaries take on ``(rows, columns)`` logits: the torch executor
     holds up to eight block-sized temporaries (blocks of ``TORCH_BLOCK_ELEMENTS`` logits, at
@@ -224,7 +237,7 @@ def _executor_scratch(impl: str, rows: int, columns: int, itemsize: int) -> int:
     block = min(rows, max(1, TORCH_BLOCK_ELEMENTS // max(columns, 1))) * columns
     if impl == "torch":
         return 8 * block * itemsize
-    return 3 * block * itemsize * num_threads()
+    return 3 * block * itemsize * _CPUS
 
 
 def choose_schedule(rows_bytes: int, vocab_bytes: int, budget_bytes: int | None = None

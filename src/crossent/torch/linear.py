@@ -428,12 +428,19 @@ def linear_cross_entropy_memory(
     bias_grad: bool = False, chunk_size: int | None = None,
     vocab_block_size: int | None = None, impl: str = "auto",
 ) -> ScheduleMemory:
-    """The bytes each schedule of :func:`linear_cross_entropy` needs for ``rows`` tokens of
-    ``features`` hidden units and a ``(vocab, features)`` head, beyond the inputs and the
-    returned gradients, and the schedule ``schedule="auto"`` takes: the same computation the
-    op makes.  Nothing is allocated (``device`` may name a device this machine lacks).
+    r"""The bytes each schedule of :func:`linear_cross_entropy` needs for hidden states
+    ``(N, D)`` (``N = rows``, ``D = features``) and a head ``(V, D)`` (``V = vocab``), beyond
+    the inputs and the returned gradients, and the schedule ``schedule="auto"`` takes: the
+    same computation the op makes.  Nothing is allocated (``device`` may name a device this
+    machine lacks).  To first order, with ``n`` rows per chunk, ``B`` columns per block and
+    ``s`` bytes per element, the half-precision terms in brackets:
 
-    Returns a :class:`ScheduleMemory` ``(rows, vocab, chosen, chunk, block, block_rows)``.
+    .. math:: M_\text{rows} \approx n V s + [\,4 V D + 4 n V + 4 n D\,], \qquad
+        M_\text{vocab} \approx n B s + 16 N + [\,4 N D\,]
+
+    Returns:
+        A :class:`ScheduleMemory` ``(rows, vocab, chosen, chunk, block, block_rows)``: the two
+            byte counts, the schedule ``"auto"`` takes, and the sizes it would use.
 
     >>> import torch
     >>> m = linear_cross_entropy_memory(8192, 4096, 128256, dtype=torch.bfloat16, device="cuda")
@@ -480,24 +487,30 @@ def linear_cross_entropy(
     .. math:: \ell = \operatorname{CE}(h W^\top + b,\; y)
 
     Same as ``F.cross_entropy(F.linear(input, linear_weight, linear_bias), target, weight,
-    ignore_index=..., reduction=..., label_smoothing=...)`` for 1-D and 2-D inputs, with the
-    gradients of ``input``, ``linear_weight`` and ``linear_bias``; keyword-compatible with
-    PyTorch 2.13's ``F.linear_cross_entropy`` (``ignore_index=None`` means -100; ``options``
-    may carry ``batch_chunk_size``), K-dimensional heads included.  Inputs with more leading
-    dimensions ``(B, T, D)`` are flattened to rows ``(B*T, D)`` with classes last, the
-    language-model convention; their targets have shape ``(B, T)`` (or ``(B, T, V)``
-    probabilities).  Under ``torch.autocast`` the matrix products run in the autocast dtype
-    and the loss is float32, as PyTorch's op gives.
+    ignore_index=..., reduction=..., label_smoothing=...)``, with the gradients of ``input``,
+    ``linear_weight``, ``linear_bias`` (and of probability targets and class weights that
+    require grad); keyword-compatible with PyTorch 2.13's ``F.linear_cross_entropy``
+    (``ignore_index=None`` means -100; ``options`` may carry ``batch_chunk_size``),
+    K-dimensional heads included.  Beyond PyTorch, which takes ``(D,)`` and ``(N, D)``
+    inputs only, inputs with more leading dimensions ``(B, T, D)`` are flattened to rows
+    ``(B*T, D)`` with the classes last, the language-model convention.  Under
+    ``torch.autocast`` the matrix products run in the autocast dtype and the loss is
+    float32, as PyTorch's op gives.  Below, ``V`` is the number of classes of a plain head
+    and ``C`` of a K-dimensional one.
 
     Args:
         input: ``(..., D)`` hidden states (``(N, D)`` with a K-dimensional head).
         linear_weight: ``(V, D)`` classifier weight, or ``(C, d1, ..., dK, D)``: a
             K-dimensional head whose loss has shape ``(N, d1, ..., dK)``.
-        target: class indices ``(...)`` or probabilities ``(..., V)``; with a K-dimensional
-            head ``(N, d1, ..., dK)`` or ``(N, C, d1, ..., dK)``.
+        target: class indices ``(...)`` (any integer dtype) or probabilities ``(..., V)``;
+            with a K-dimensional head ``(N, d1, ..., dK)`` or ``(N, C, d1, ..., dK)``.
         linear_bias: ``(V,)``, or ``(C, d1, ..., dK)`` with a K-dimensional head.
-        weight, reduction, ignore_index, label_smoothing, z_loss, softcap: as in
-            :func:`crossent.torch.cross_entropy`.
+        weight: ``(V,)`` class weights, in the input's dtype for class-index targets.
+        reduction: ``'none'``, ``'mean'`` or ``'sum'``, as in ``F.cross_entropy``.
+        ignore_index: a class index that adds nothing (None means -100).
+        label_smoothing: ``eps`` in [0, 1], as in ``F.cross_entropy``.
+        z_loss: coefficient of ``w_n logsumexp(z_n)**2`` per element (PaLM).
+        softcap: the logits pass through ``softcap * tanh(z / softcap)`` first (Gemma 2).
         chunk_size: rows per chunk (per tile with ``schedule="vocab"``); None chooses it
             from :data:`CHUNK_BUDGET_BYTES`.
         options: a ``torch.nn.LinearCrossEntropyOptions`` (only ``batch_chunk_size`` is used).
@@ -518,10 +531,26 @@ def linear_cross_entropy(
             returns, without its float32 copy of the logits: the loss is always computed in
             float32 (float64 for float64 inputs) and only rounded to ``loss_dtype``.
 
+    Returns:
+        A 0-d tensor, or the loss per row for ``reduction='none'`` (the target's shape for
+            class indices: ``(...)``, ``(B, T)`` or ``(N, d1, ..., dK)``), in ``loss_dtype``.
+
     >>> import torch
+    >>> import torch.nn.functional as F
     >>> h = torch.tensor([[1.0, 0.0], [0.0, 1.0]]); W = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
     >>> round(linear_cross_entropy(h, W, torch.tensor([0, 1])).item(), 6)
     0.220095
+    >>> hidden = torch.randn(2, 3, 8, generator=torch.Generator().manual_seed(0))  # (B, T, D)
+    >>> head = torch.randn(50, 8, generator=torch.Generator().manual_seed(1))       # (V, D)
+    >>> labels = torch.tensor([[1, 2, 3], [4, 5, -100]])
+    >>> loss = linear_cross_entropy(hidden, head, labels)
+    >>> same = F.cross_entropy((hidden @ head.T).reshape(-1, 50), labels.reshape(-1))
+    >>> torch.allclose(loss, same)
+    True
+    >>> half = linear_cross_entropy(hidden.bfloat16(), head.bfloat16(), labels,
+    ...                             loss_dtype=torch.float32)
+    >>> half.dtype
+    torch.float32
     """
     input = contract.check_tensor(input, "input")
     linear_weight = contract.check_tensor(linear_weight, "linear_weight")
