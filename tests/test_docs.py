@@ -104,8 +104,8 @@ NOT_RUN = re.compile(r"^\s*<!--\s*not run:\s*(.*?)\s*-->\s*$")
 
 
 def pages() -> list[Path]:
-    """Every Markdown page under docs/ (the hooks' folder holds no pages)."""
-    return sorted(p for p in DOCS.rglob("*.md") if HOOKS not in p.parents)
+    """Every Markdown page under docs/ (the hooks' folder holds no pages), and the README."""
+    return sorted(p for p in DOCS.rglob("*.md") if HOOKS not in p.parents) + [ROOT / "README.md"]
 
 
 def blocks(page: Path) -> list[Block]:
@@ -213,8 +213,7 @@ def run_console(block: Block, run: PageRun) -> None:
                 f"{result.stderr}")
         if not output_matches(expected, actual):
             if UPDATE:
-                run.updates.append((block, _updated_body(block, first, expected_lines,
-                                                         actual.split("\n"))))
+                run.updates.append((block, first, expected_lines, actual.split("\n")))
                 continue
             raise AssertionError(
                 f"{block.where}: `{command}` printed something else.\n--- the page says:\n"
@@ -222,24 +221,31 @@ def run_console(block: Block, run: PageRun) -> None:
                 "(rerun with CROSSENT_DOCS_UPDATE=1 to write the new output into the page)")
 
 
-def _updated_body(block: Block, first: int, old: list[str], new: list[str]) -> list[str]:
-    """The block's body with one command's output replaced; old lines that still match
-    (such as lines with ``...``) are kept."""
+def _updated_body(body: list[str], first: int, old: list[str], new: list[str]) -> list[str]:
+    """``body`` with one command's output (``old``, from line ``first``) replaced by ``new``;
+    old lines that still match (such as lines with ``...``) are kept."""
     old_trimmed = [line for line in old]
     while old_trimmed and not old_trimmed[-1].strip():
         old_trimmed.pop()
     if len(old_trimmed) == len(new):
         new = [o if output_matches(o.rstrip(), n) else n for o, n in zip(old_trimmed, new)]
     trailing = len(old) - len(old_trimmed)
-    return block.body[:first] + new + [""] * trailing + block.body[first + len(old):]
+    return body[:first] + new + [""] * trailing + body[first + len(old):]
 
 
 def write_updates(run: PageRun) -> None:
     lines = run.page.read_text().split("\n")
-    # later blocks first, so earlier line numbers stay valid
-    for block, body in sorted(run.updates, key=lambda u: -u[0].line):
-        start = block.line  # index of the first body line
-        lines[start:start + len(block.body)] = [block.indent + b if b else b for b in body]
+    blocks_by_line: dict[int, tuple[Block, list]] = {}
+    for block, first, old, new in run.updates:
+        blocks_by_line.setdefault(block.line, (block, []))[1].append((first, old, new))
+    # later blocks first, so earlier line numbers stay valid; within a block, later outputs
+    # first, so that each command's output is found where the page had it
+    for line in sorted(blocks_by_line, reverse=True):
+        block, changes = blocks_by_line[line]
+        body = list(block.body)
+        for first, old, new in sorted(changes, key=lambda c: -c[0]):
+            body = _updated_body(body, first, old, new)
+        lines[line:line + len(block.body)] = [block.indent + b if b else b for b in body]
     run.page.write_text("\n".join(lines))
 
 
@@ -294,7 +300,7 @@ def test_site_builds_strictly(built_site):
         assert (built_site / "figures" / f"{figure}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("page", pages(), ids=lambda p: str(p.relative_to(DOCS)))
+@pytest.mark.parametrize("page", pages(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_page_blocks_run(page: Path, tmp_path, monkeypatch):
     """Every block of the page runs and prints what the page shows (module docstring)."""
     monkeypatch.chdir(tmp_path)
@@ -316,7 +322,7 @@ def test_page_blocks_run(page: Path, tmp_path, monkeypatch):
             run_console(block, run)
     if run.updates:
         write_updates(run)
-    if "learn" in page.relative_to(DOCS).parts:
+    if "learn" in page.relative_to(ROOT).parts:
         missing = unbacked_numbers(prose(page), "\n".join(run.checked_text))
         assert not missing, (f"{page.relative_to(ROOT)}: these numbers of the text are not "
                              f"computed by any block of the page: {missing}")
@@ -473,14 +479,10 @@ def test_cli_reference_is_what_the_command_prints(built_site, monkeypatch):
     assert result.returncode == 0 and result.stdout == texts["crossent train"]
 
 
-def _readmes() -> list[Path]:
-    """The README and its shorter draft (not pages of the site, so mkdocs checks no link)."""
-    return [p for p in (ROOT / "README.md", DOCS / "_readme_draft.md") if p.is_file()]
-
-
-@pytest.mark.parametrize("readme", _readmes(), ids=lambda p: p.name)
-def test_readme_links_lead_somewhere(readme: Path):
-    """Every relative link or image of the README names a file of the repository."""
+def test_readme_links_lead_somewhere():
+    """Every relative link or image of the README (not a page of the site, so mkdocs checks
+    none of its links) names a file of the repository."""
+    readme = ROOT / "README.md"
     text = re.sub(r"<!--.*?-->", "", readme.read_text(), flags=re.DOTALL)
     targets = re.findall(r"\]\(([^)\s]+)\)", text)
     local = [t.split("#")[0] for t in targets if not re.match(r"^[a-z]+:", t)]
@@ -554,6 +556,15 @@ def test_update_rewrites_a_console_output(tmp_path, monkeypatch):
     write_updates(run)
     assert page.read_text() == (f"text\n\n```console\n$ crossent --version\n"
                                 f"crossent {crossent.__version__}\n```\nend\n")
+    # two outputs of one block, both wrong: both are rewritten
+    page = _page(tmp_path, "```console\n$ crossent --version\nold\n$ crossent --version\n"
+                           "older\nolder still\n```\n")
+    run = PageRun(page, tmp_path)
+    run_console(blocks(page)[0], run)
+    write_updates(run)
+    version = f"crossent {crossent.__version__}"
+    assert page.read_text() == (f"```console\n$ crossent --version\n{version}\n"
+                                f"$ crossent --version\n{version}\n```\n")
 
 
 def test_docstrings_become_markdown():
