@@ -8,30 +8,13 @@ float32 against fixed tolerances; bfloat16 by the tolerance rule of DESIGN.md.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
-
 import pytest
+from triton_support import triton_device  # noqa: E402
 
-if importlib.util.find_spec("triton") is None:
-    pytest.skip("triton is not installed", allow_module_level=True)
+DEVICE = triton_device()
+ON_GPU = DEVICE.type == "cuda"
 
 import torch  # noqa: E402
-
-ON_GPU = torch.cuda.is_available()
-if not ON_GPU and "triton" not in sys.modules:
-    os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported (Triton fixes it then)
-
-from crossent.torch.triton import is_available  # noqa: E402
-
-DEVICE = torch.device("cuda" if ON_GPU else "cpu")
-if not is_available(DEVICE):
-    pytest.skip(
-        "triton was imported before TRITON_INTERPRET=1 could be set; run this module on its "
-        "own, or with TRITON_INTERPRET=1 in the environment", allow_module_level=True
-    )
-
 import torch.nn.functional as F  # noqa: E402
 
 import crossent.torch as ct  # noqa: E402

@@ -10,30 +10,13 @@ float16/bfloat16 by the tolerance rule of DESIGN.md.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
-
 import pytest
+from triton_support import triton_device  # noqa: E402
 
-if importlib.util.find_spec("triton") is None:
-    pytest.skip("triton is not installed", allow_module_level=True)
+DEVICE = triton_device()
+ON_GPU = DEVICE.type == "cuda"
 
 import torch  # noqa: E402
-
-ON_GPU = torch.cuda.is_available()
-if not ON_GPU and "triton" not in sys.modules:
-    os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported (Triton fixes it then)
-
-from crossent.torch.triton import is_available  # noqa: E402
-
-DEVICE = torch.device("cuda" if ON_GPU else "cpu")
-if not is_available(DEVICE):
-    pytest.skip(
-        "triton was imported before TRITON_INTERPRET=1 could be set; run this module on its "
-        "own, or with TRITON_INTERPRET=1 in the environment", allow_module_level=True
-    )
-
 from shard_cases import OPTIONS, make_case, pad_columns, reference  # noqa: E402
 
 from crossent.torch import _shard  # noqa: E402

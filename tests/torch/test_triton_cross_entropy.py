@@ -1,7 +1,8 @@
 """The Triton cross-entropy kernels against the float64 plain-torch reference.
 
 Without a GPU the kernels run in Triton's interpreter on CPU tensors: ``TRITON_INTERPRET=1``
-is set here, before triton is first imported (Triton fixes the mode at import).  With a GPU
+is set by ``tests/conftest.py``, before triton is first imported (Triton fixes the mode at
+import; ``tests/support/triton_support.py`` picks the device).  With a GPU
 the same tests run the compiled kernels on CUDA tensors.  The interpreter runs each program
 in Python, so the shapes are small; the code paths are forced instead of reached by size:
 
@@ -28,32 +29,18 @@ import warnings
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from triton_support import triton_device  # noqa: E402
 
-if importlib.util.find_spec("triton") is None:
-    pytest.skip("triton is not installed", allow_module_level=True)
+DEVICE = triton_device()
+ON_GPU = DEVICE.type == "cuda"
 
 import torch  # noqa: E402
-
-ON_GPU = torch.cuda.is_available()
-if not ON_GPU and "triton" not in sys.modules:
-    # the interpreter must be chosen before triton is imported; the kernel module is imported
-    # right away so it is defined in the same mode
-    os.environ["TRITON_INTERPRET"] = "1"
-
-from crossent.torch._params import CrossEntropyParams as P  # noqa: E402
-from crossent.torch.triton import is_available, require_triton  # noqa: E402
-
-DEVICE = torch.device("cuda" if ON_GPU else "cpu")
-if not is_available(DEVICE):
-    pytest.skip(
-        "triton was imported before TRITON_INTERPRET=1 could be set; run this module on its "
-        "own, or with TRITON_INTERPRET=1 in the environment", allow_module_level=True
-    )
-
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 import crossent.torch.triton.cross_entropy as ce  # noqa: E402
+from crossent.torch._params import CrossEntropyParams as P  # noqa: E402
+from crossent.torch.triton import is_available, require_triton  # noqa: E402
 from crossent.torch.triton._kernels import _tanh_and_slope  # noqa: E402
 from crossent.torch.triton.cross_entropy import cross_entropy_fwd, plan_launch  # noqa: E402
 from crossent.torch.triton.reference import cross_entropy_rows_ref  # noqa: E402

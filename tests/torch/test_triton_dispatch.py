@@ -6,28 +6,15 @@ in ``test_triton_cross_entropy.py``; this module checks the wiring.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
-
 import pytest
+from triton_support import triton_device  # noqa: E402
 
-if importlib.util.find_spec("triton") is None:
-    pytest.skip("triton is not installed", allow_module_level=True)
+DEVICE = triton_device()
+ON_GPU = DEVICE.type == "cuda"
 
 import torch  # noqa: E402
 
-ON_GPU = torch.cuda.is_available()
-if not ON_GPU and "triton" not in sys.modules:
-    os.environ["TRITON_INTERPRET"] = "1"  # must precede the first import of triton
-
 import crossent.torch as ct  # noqa: E402
-from crossent.torch.triton import is_available  # noqa: E402
-
-DEVICE = torch.device("cuda" if ON_GPU else "cpu")
-if not is_available(DEVICE):
-    pytest.skip("triton was imported before TRITON_INTERPRET=1 could be set",
-                allow_module_level=True)
 
 
 @pytest.mark.parametrize("options", [
