@@ -66,6 +66,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from . import _semantics as sem
 from .torch import linear_cross_entropy
 from .torch._impl import IMPLS
+from .torch.linear import check_chunk_size
 
 __all__ = ["patch", "unpatch", "is_patched", "causal_lm_loss", "UnsupportedModelError"]
 
@@ -91,9 +92,7 @@ class _Options:
 
 
 def _check_options(z_loss, label_smoothing, chunk_size, impl, train_only) -> _Options:
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
-                                   or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    check_chunk_size(chunk_size)
     if not isinstance(impl, str) or impl not in IMPLS:
         raise ValueError(f"impl must be one of {', '.join(map(repr, IMPLS))}, got {impl!r}")
     if not isinstance(train_only, bool):

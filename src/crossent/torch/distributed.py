@@ -50,7 +50,7 @@ from ._impl import resolve_impl
 from ._ops import _new_gradient
 from ._params import CrossEntropyParams
 from ._rows import check_targets_and_scale
-from .linear import _accumulate_dtype, choose_chunk_size
+from .linear import _accumulate_dtype, rows_per_chunk
 
 __all__ = [
     "COMBINES",
@@ -1036,12 +1036,7 @@ def vocab_parallel_linear_cross_entropy(
     vocab_start, num_classes = _resolve_layout(local_columns, vocab_start, num_classes, weight,
                                                exchange, rank, input.device)
     rows = math.prod(gathered[:-1])
-    if chunk_size is None:
-        chunk = choose_chunk_size(rows, local_columns)
-    else:
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
-        chunk = min(chunk_size, max(rows, 1))
+    chunk = rows_per_chunk(rows, local_columns, chunk_size)
     rows_target = (target.reshape(rows, local_columns) if probability
                    else contract.index_target_as_int64(target.reshape(rows), num_classes,
                                                        ignore_index, tuple(target.shape)))

@@ -79,6 +79,23 @@ def choose_chunk_size(rows: int, vocab: int, budget_bytes: int = CHUNK_BUDGET_BY
     return int(max(1, min(rows, max(budget_bytes // (4 * max(vocab, 1)), MIN_CHUNK_ROWS))))
 
 
+def check_chunk_size(chunk_size: object) -> int | None:
+    """``chunk_size`` validated: a positive int or None."""
+    if chunk_size is not None and (isinstance(chunk_size, bool)
+                                   or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    return chunk_size
+
+
+def rows_per_chunk(rows: int, vocab: int, chunk_size: object) -> int:
+    """Rows per chunk: ``chunk_size`` (validated, at most ``rows``) or, when None,
+    :func:`choose_chunk_size`'s."""
+    chunk_size = check_chunk_size(chunk_size)
+    if chunk_size is None:
+        return choose_chunk_size(rows, vocab)
+    return min(chunk_size, max(rows, 1))
+
+
 def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
     """Weight gradients of half-precision weights accumulate in float32."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
@@ -409,8 +426,7 @@ def _plan(rows: int, features: int, classes: int, spatial: int, dtype: torch.dty
     """Chunk and block sizes of both schedules, the memory each needs, and the schedule
     used (``schedule``, or for ``"auto"`` the one :func:`choose_schedule` picks)."""
     vocab = classes * spatial
-    chunk = choose_chunk_size(rows, vocab) if chunk_size is None else min(chunk_size,
-                                                                           max(rows, 1))
+    chunk = rows_per_chunk(rows, vocab, chunk_size)
     block = choose_vocab_block(vocab, features, rows) if vocab_block_size is None \
         else vocab_block_size
     block_rows = choose_chunk_size(rows, min(block, vocab)) if chunk_size is None else chunk
@@ -451,9 +467,7 @@ def linear_cross_entropy_memory(
     for name, value in (("rows", rows), ("features", features), ("vocab", vocab)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(
-            chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    chunk_size = check_chunk_size(chunk_size)
     vocab_block_size = check_block_size(vocab_block_size)
     if impl == "auto":  # as resolve_impl would, without asking whether triton imports here
         impl = "cpu" if device.type == "cpu" else "triton" if device.type == "cuda" \
@@ -650,12 +664,7 @@ def linear_cross_entropy(
         chunk_size = getattr(options, "batch_chunk_size", None)
     rows = math.prod(lead)
     spatial = math.prod(out_spatial)
-    if chunk_size is None:
-        chunk = choose_chunk_size(rows, classes * spatial)
-    else:
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
-        chunk = min(chunk_size, max(rows, 1))
+    chunk_size = check_chunk_size(chunk_size)
     if autocast is not None:  # the products in autocast's dtype, the loss in float32
         low = torch.get_autocast_dtype(input.device.type)
         input, linear_weight = input.to(low), linear_weight.to(low)
@@ -700,7 +709,7 @@ def linear_cross_entropy(
     plan = _plan(rows, features, classes, spatial, h.dtype, h.device.type, need,
                  target.dtype if probability else None, impl, chunk_size, vocab_block_size,
                  schedule)
-    call = _Call(reduction, params, chunk, impl, tuple(loss_shape) or (1,), classes,
+    call = _Call(reduction, params, plan.chunk, impl, tuple(loss_shape) or (1,), classes,
                  loss_dtype, (h.dtype, w.dtype, b.dtype if b is not None else None),
                  plan.chosen, plan.block, plan.block_rows)
     if differentiating:
