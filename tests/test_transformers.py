@@ -153,6 +153,26 @@ def test_float32_loss_and_every_gradient_equal_the_unpatched_model(arch):
     torch.testing.assert_close(out.hidden_states[-1], ref.hidden_states[-1])
 
 
+@pytest.mark.parametrize("arch", ["cohere", "gemma2"])
+def test_an_output_layer_with_a_bias_under_a_logit_scale_or_softcap(arch):
+    """``s (h W^T + b)``: the scale (Cohere) reaches the bias too, and a softcap (Gemma 2)
+    caps the biased logits."""
+    model = build(arch)
+    head = model.lm_head
+    biased = torch.nn.Linear(head.in_features, head.out_features, bias=True)
+    with torch.no_grad():
+        biased.weight.copy_(head.weight)
+        biased.bias.copy_(torch.randn(head.out_features, generator=torch.Generator()
+                                      .manual_seed(3)))
+    model.lm_head = biased
+    inputs = batch()
+    ref, ref_grads = loss_and_grads(model, **inputs)
+    patch(model)
+    out, grads = loss_and_grads(model, **inputs)
+    torch.testing.assert_close(out.loss, ref.loss, rtol=1e-6, atol=1e-6)
+    assert_same_grads(grads, ref_grads)
+
+
 @pytest.mark.parametrize("arch", ["llama", "gemma2", "gpt2"])
 def test_num_items_in_batch_logits_to_keep_shift_labels_and_tuples(arch):
     model = build(arch)

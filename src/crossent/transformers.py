@@ -354,37 +354,25 @@ class _Capture:
                 f"states of shape {tuple(hidden.shape)}); with logits_to_keep, labels must "
                 "cover the kept positions only")
         scale, softcap = transform.fold(self.name)
-        device_type = rows.device.type
-        autocast = torch.is_autocast_enabled(device_type)
-        if autocast:  # what F.linear does under autocast: compute in the autocast dtype
-            dtype = torch.get_autocast_dtype(device_type)
-            rows, weight = rows.to(dtype), weight.to(dtype)
-            bias = bias.to(dtype) if bias is not None else None
-        if scale != 1.0:
+        if scale != 1.0:  # s (h W^T + b) = (s h) W^T + s b
             rows = rows * scale
+            bias = bias * scale if bias is not None else None
         options = self.options
-        with torch.autocast(device_type, enabled=False) if autocast else _nothing():
-            loss = linear_cross_entropy(
-                rows, weight, target, linear_bias=bias, ignore_index=ignore_index,
-                reduction="mean" if num_items_in_batch is None else "sum",
-                label_smoothing=options.label_smoothing, z_loss=options.z_loss,
-                softcap=softcap, chunk_size=options.chunk_size, impl=options.impl,
-                # ForCausalLMLoss upcasts the logits: a float32 loss whatever the model's dtype
-                loss_dtype=torch.float32)
+        # under autocast, linear_cross_entropy takes the products in the autocast dtype, as
+        # the output layer would
+        loss = linear_cross_entropy(
+            rows, weight, target, linear_bias=bias, ignore_index=ignore_index,
+            reduction="mean" if num_items_in_batch is None else "sum",
+            label_smoothing=options.label_smoothing, z_loss=options.z_loss,
+            softcap=softcap, chunk_size=options.chunk_size, impl=options.impl,
+            # ForCausalLMLoss upcasts the logits: a float32 loss whatever the model's dtype
+            loss_dtype=torch.float32)
         if num_items_in_batch is not None:
             if torch.is_tensor(num_items_in_batch):
                 num_items_in_batch = num_items_in_batch.to(loss.device)
             loss = loss / num_items_in_batch
         self.losses += 1
         return loss
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _labels_argument(state: _PatchState, args, kwargs):
