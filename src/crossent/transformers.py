@@ -65,7 +65,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from . import _semantics as sem
 from .torch import linear_cross_entropy
-from .torch._impl import IMPLS
+from .torch._impl import check_impl
 from .torch.linear import check_chunk_size
 
 __all__ = ["patch", "unpatch", "is_patched", "causal_lm_loss", "UnsupportedModelError"]
@@ -93,8 +93,7 @@ class _Options:
 
 def _check_options(z_loss, label_smoothing, chunk_size, impl, train_only) -> _Options:
     check_chunk_size(chunk_size)
-    if not isinstance(impl, str) or impl not in IMPLS:
-        raise ValueError(f"impl must be one of {', '.join(map(repr, IMPLS))}, got {impl!r}")
+    check_impl(impl)
     if not isinstance(train_only, bool):
         raise TypeError(f"train_only must be a bool, got {type(train_only).__name__} "
                         f"{train_only!r}")

@@ -28,10 +28,16 @@ def _triton_ready(device: torch.device) -> bool:
     return bool(is_available(device, allow_interpreter=False))
 
 
-def resolve_impl(impl: str, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
-    """The concrete executor for ``impl`` on ``device`` for logits of ``dtype``."""
+def check_impl(impl: object) -> str:
+    """``impl`` validated: one of :data:`IMPLS` (whether it can run is decided later)."""
     if not isinstance(impl, str) or impl not in IMPLS:
         raise ValueError(f"impl must be one of {', '.join(map(repr, IMPLS))}, got {impl!r}")
+    return impl
+
+
+def resolve_impl(impl: str, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
+    """The concrete executor for ``impl`` on ``device`` for logits of ``dtype``."""
+    check_impl(impl)
     if impl == "auto":
         if device.type == "cpu":
             return "cpu"
