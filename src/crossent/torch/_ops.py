@@ -70,11 +70,6 @@ def register_looping_vmap(op) -> None:
     torch.library.register_vmap(op, rule)
 
 
-def _params(probability, ignore_index, label_smoothing, z_loss, softcap):
-    return CrossEntropyParams(probability=probability, ignore_index=ignore_index,
-                              label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
-
-
 def _fake_outputs(logits, target, probability):
     cd = compute_dtype(logits.dtype, target.dtype if probability else logits.dtype)
     rows = logits.shape[0] * (logits.shape[2] if logits.ndim == 3 else 1)
@@ -88,7 +83,7 @@ def cross_entropy_fwd(
     softcap: float | None, want_grad: bool, impl: str, target_shape: list[int],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     grad = _new_gradient(logits, impl) if want_grad else logits.new_empty((0,))
-    params = _params(probability, ignore_index, label_smoothing, z_loss, softcap)
+    params = CrossEntropyParams(probability, ignore_index, label_smoothing, z_loss, softcap)
     per_row, denominator = _forward(logits, target, weight, reduction, params, impl,
                                     grad if want_grad else None, target_shape)
     return per_row, denominator, grad
@@ -107,7 +102,7 @@ def cross_entropy_fwd_inplace(
     probability: bool, ignore_index: int, label_smoothing: float, z_loss: float,
     softcap: float | None, impl: str, target_shape: list[int],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    params = _params(probability, ignore_index, label_smoothing, z_loss, softcap)
+    params = CrossEntropyParams(probability, ignore_index, label_smoothing, z_loss, softcap)
     return _forward(logits, target, weight, reduction, params, impl, logits, target_shape)
 
 

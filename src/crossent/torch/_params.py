@@ -2,11 +2,16 @@
 
 Every executor (the NumPy pass on CPU, the portable torch pass, the Triton kernels) receives
 the same :class:`CrossEntropyParams`, already validated by :mod:`crossent._semantics`.
+
+A ``torch.library`` custom op takes only tensors and plain scalars, so the ops receive the
+options flattened by :meth:`CrossEntropyParams.op_args` and rebuild them with the
+constructor, whose positional order is that of the fields:
+``CrossEntropyParams(*params.op_args()) == params``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 
 @dataclass(frozen=True)
@@ -25,3 +30,7 @@ class CrossEntropyParams:
     label_smoothing: float = 0.0
     z_loss: float = 0.0
     softcap: float | None = None
+
+    def op_args(self) -> tuple[bool, int, float, float, float | None]:
+        """The fields in order, as a custom op's scalar arguments take them."""
+        return astuple(self)

@@ -204,22 +204,10 @@ def _shard_layout(local_columns: int, exchange: _Exchange, rank: int | None,
 # --------------------------------------------------------------------------------------------
 
 
-def _params(probability, ignore_index, label_smoothing, z_loss, softcap):
-    return CrossEntropyParams(probability=probability, ignore_index=ignore_index,
-                              label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
-
-
-def _compute_dtype(logits_dtype, target, probability, impl):
-    if impl == "triton":
-        return torch.float32
-    dtypes = (logits_dtype, target.dtype if probability else logits_dtype)
-    return torch.float64 if torch.float64 in dtypes else torch.float32
-
-
 def _checked_statistics(logits, target, weight, reduction, params, col_start, num_classes,
                         impl, target_shape):
     """Range check, the 'mean' denominator and gradient scale, then the statistics."""
-    cd = _compute_dtype(logits.dtype, target, params.probability, impl)
+    cd = _shard.shard_compute_dtype(logits, target, params, impl)
     w = weight.to(cd) if weight is not None else None
     denominator, scale = check_targets_and_scale(target, params, w, num_classes, reduction, cd,
                                                  tuple(target_shape))
@@ -234,7 +222,7 @@ def _statistics_op(
     probability: bool, ignore_index: int, label_smoothing: float, z_loss: float,
     softcap: float | None, col_start: int, num_classes: int, impl: str, target_shape: list[int],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    params = _params(probability, ignore_index, label_smoothing, z_loss, softcap)
+    params = CrossEntropyParams(probability, ignore_index, label_smoothing, z_loss, softcap)
     return _checked_statistics(logits, target, weight, reduction, params, col_start,
                                num_classes, impl, target_shape)
 
@@ -242,7 +230,7 @@ def _statistics_op(
 @_statistics_op.register_fake
 def _(logits, target, weight, reduction, probability, ignore_index, label_smoothing, z_loss,
       softcap, col_start, num_classes, impl, target_shape):
-    cd = _compute_dtype(logits.dtype, target, probability, impl)
+    cd = _shard.shard_compute_dtype(logits, target, CrossEntropyParams(probability), impl)
     return (logits.new_empty((_shard.NUM_STATS, logits.shape[0]), dtype=cd),
             logits.new_empty((), dtype=cd), logits.new_empty((), dtype=cd))
 
@@ -254,7 +242,7 @@ def _gradient_op(
     ignore_index: int, label_smoothing: float, z_loss: float, softcap: float | None,
     col_start: int, num_classes: int, impl: str,
 ) -> torch.Tensor:
-    params = _params(probability, ignore_index, label_smoothing, z_loss, softcap)
+    params = CrossEntropyParams(probability, ignore_index, label_smoothing, z_loss, softcap)
     grad = _new_gradient(logits, impl)
     w = weight.to(combined.dtype) if weight is not None else None
     return _shard.shard_gradient(logits, combined, target, params, w, col_start, num_classes,
@@ -274,7 +262,7 @@ def _gradient_inplace_op(
     ignore_index: int, label_smoothing: float, z_loss: float, softcap: float | None,
     col_start: int, num_classes: int, impl: str,
 ) -> None:
-    params = _params(probability, ignore_index, label_smoothing, z_loss, softcap)
+    params = CrossEntropyParams(probability, ignore_index, label_smoothing, z_loss, softcap)
     w = weight.to(combined.dtype) if weight is not None else None
     _shard.shard_gradient(logits, combined, target, params, w, col_start, num_classes,
                           row_scale, logits, impl=impl)
@@ -306,17 +294,13 @@ class _Setup:
     target_shape: tuple[int, ...]
 
     def op_args(self) -> tuple:
-        p = self.params
-        return (p.probability, p.ignore_index, p.label_smoothing, p.z_loss, p.softcap,
-                self.col_start, self.num_classes, self.impl)
+        return (*self.params.op_args(), self.col_start, self.num_classes, self.impl)
 
 
 def _forward_loss(logits, target, weight, setup: _Setup):
     p = setup.params
     stats, denominator, scale = _statistics_op(
-        logits, target, weight, setup.reduction, p.probability, p.ignore_index,
-        p.label_smoothing, p.z_loss, p.softcap, setup.col_start, setup.num_classes, setup.impl,
-        list(setup.target_shape))
+        logits, target, weight, setup.reduction, *setup.op_args(), list(setup.target_shape))
     combined = setup.exchange(stats)
     per_row = _shard.finish_loss(combined, target, p, weight)
     loss = sem.reduce_loss(per_row, setup.reduction, denominator).to(setup.loss_dtype)
@@ -722,7 +706,7 @@ def _linear_logits(hc, w, b, out):
 def _linear_statistics(h, w, b, target, weight, reduction, params, col_start, num_classes,
                        chunk, impl, target_shape):
     rows = h.shape[0]
-    cd = _compute_dtype(h.dtype, target, params.probability, impl)
+    cd = _shard.shard_compute_dtype(h, target, params, impl)
     wcls = weight.to(cd) if weight is not None else None
     denominator, scale = check_targets_and_scale(target, params, wcls, num_classes, reduction,
                                                  cd, tuple(target_shape))
@@ -741,9 +725,9 @@ def _linear_statistics_op(
     h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, target: torch.Tensor,
     weight: torch.Tensor | None, reduction: str, probability: bool, ignore_index: int,
     label_smoothing: float, z_loss: float, softcap: float | None, col_start: int,
-    num_classes: int, chunk: int, impl: str, target_shape: list[int],
+    num_classes: int, impl: str, chunk: int, target_shape: list[int],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    params = _params(probability, ignore_index, label_smoothing, z_loss, softcap)
+    params = CrossEntropyParams(probability, ignore_index, label_smoothing, z_loss, softcap)
     with torch.no_grad():
         return _linear_statistics(h, w, b, target, weight, reduction, params, col_start,
                                   num_classes, chunk, impl, target_shape)
@@ -751,8 +735,8 @@ def _linear_statistics_op(
 
 @_linear_statistics_op.register_fake
 def _(h, w, b, target, weight, reduction, probability, ignore_index, label_smoothing, z_loss,
-      softcap, col_start, num_classes, chunk, impl, target_shape):
-    cd = _compute_dtype(h.dtype, target, probability, impl)
+      softcap, col_start, num_classes, impl, chunk, target_shape):
+    cd = _shard.shard_compute_dtype(h, target, CrossEntropyParams(probability), impl)
     return (h.new_empty((_shard.NUM_STATS, h.shape[0]), dtype=cd), h.new_empty((), dtype=cd),
             h.new_empty((), dtype=cd))
 
@@ -762,12 +746,12 @@ def _linear_gradient_op(
     h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, target: torch.Tensor,
     weight: torch.Tensor | None, combined: torch.Tensor, row_scale: torch.Tensor,
     probability: bool, ignore_index: int, label_smoothing: float, z_loss: float,
-    softcap: float | None, col_start: int, num_classes: int, chunk: int, impl: str,
+    softcap: float | None, col_start: int, num_classes: int, impl: str, chunk: int,
     need_dh: bool, need_dw: bool, need_db: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``d input`` (this shard's part, before the reduction across ranks; float32 for half
     inputs), ``d linear_weight`` and ``d linear_bias`` (float32 for half weights)."""
-    params = _params(probability, ignore_index, label_smoothing, z_loss, softcap)
+    params = CrossEntropyParams(probability, ignore_index, label_smoothing, z_loss, softcap)
     rows, features = h.shape
     acc = _accumulate_dtype(w.dtype)
     wcls = weight.to(combined.dtype) if weight is not None else None
@@ -809,7 +793,7 @@ def _linear_gradient_op(
 
 @_linear_gradient_op.register_fake
 def _(h, w, b, target, weight, combined, row_scale, probability, ignore_index, label_smoothing,
-      z_loss, softcap, col_start, num_classes, chunk, impl, need_dh, need_dw, need_db):
+      z_loss, softcap, col_start, num_classes, impl, chunk, need_dh, need_dw, need_db):
     acc = _accumulate_dtype(w.dtype)
     return (h.new_empty(h.shape, dtype=_accumulate_dtype(h.dtype)) if need_dh
             else h.new_empty((0,)),
@@ -846,9 +830,8 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
         h_full = _gather_rows(h, setup.exchange) if lsetup.sequence_parallel else h
         h_rows = h_full.reshape(-1, h.shape[-1])
         stats, denominator, scale = _linear_statistics_op(
-            h_rows, w, b, target, weight, setup.reduction, p.probability, p.ignore_index,
-            p.label_smoothing, p.z_loss, p.softcap, setup.col_start, setup.num_classes,
-            lsetup.chunk, setup.impl, list(setup.target_shape))
+            h_rows, w, b, target, weight, setup.reduction, *setup.op_args(), lsetup.chunk,
+            list(setup.target_shape))
         combined = setup.exchange(stats)
         per_row = _shard.finish_loss(combined, target, p, weight)
         loss = sem.reduce_loss(per_row, setup.reduction, denominator).to(setup.loss_dtype)
@@ -868,15 +851,13 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss, _gc, _gs, _gk):
         lsetup = ctx.lsetup
         setup = lsetup.base
-        p = setup.params
         h, w, b, target, weight, combined, scale, kept = ctx.saved_tensors
         h_rows = kept if lsetup.sequence_parallel else h.reshape(-1, h.shape[-1])
         need_dh, need_dw, need_db = ctx.needs_input_grad[:3]
         row_scale = _row_scale(scale, grad_loss, setup.reduction)
         dh, dw, db = _linear_gradient_op(
-            h_rows, w, b, target, weight, combined, row_scale, p.probability, p.ignore_index,
-            p.label_smoothing, p.z_loss, p.softcap, setup.col_start, setup.num_classes,
-            lsetup.chunk, setup.impl, need_dh, need_dw, bool(need_db and b is not None))
+            h_rows, w, b, target, weight, combined, row_scale, *setup.op_args(), lsetup.chunk,
+            need_dh, need_dw, bool(need_db and b is not None))
         grad_h = grad_w = grad_b = None
         if need_dh:
             gathered_shape = (-1, *h.shape[1:])
@@ -1024,7 +1005,7 @@ def vocab_parallel_linear_cross_entropy(
     gathered = ((input.shape[0] * (size or 1), *input.shape[1:]) if sequence_parallel
                 else tuple(input.shape))
     logits_shape = (*gathered[:-1], local_columns)
-    probability = tuple(target.shape) == logits_shape
+    probability = sem.is_probability_target(logits_shape, tuple(target.shape))
     _check_target(target, logits_shape, probability, ignore_index, name="logits")
     for name, t in (("linear_weight", linear_weight), ("target", target),
                     ("linear_bias", linear_bias)):
