@@ -13,8 +13,9 @@ The maths is the one of :mod:`crossent._semantics` (module docstring).  Ignored 
 0 and gradient exactly 0; a class with coefficient 0 and logit ``-inf`` adds 0, not NaN.
 
 :func:`check_targets_and_scale` is what every executor except ``"cpu"`` needs first: the
-range check of class indices, the ``'mean'`` denominator and the gradient scale, all on the
-device (the NumPy API does the same in NumPy, in ``crossent.functional``).
+range check of class indices (:func:`check_class_indices`), the ``'mean'`` denominator
+(:func:`mean_denominator`) and the gradient scale, all on the device (the NumPy API does the
+same in NumPy, in ``crossent.functional``).
 """
 
 from __future__ import annotations
@@ -43,33 +44,50 @@ def check_targets_and_scale(
     target: torch.Tensor, params: CrossEntropyParams, weight: torch.Tensor | None,
     num_classes: int, reduction: str, cd: torch.dtype, target_shape: tuple[int, ...],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Range-check class indices; return ``(denominator, grad_scale)`` as device tensors.
-
-    On CPU a bad index raises ``IndexError`` naming its value and position.  On other
-    devices the check is an asynchronous device assertion (no host synchronisation), as
-    PyTorch's own CUDA kernels do.
-    """
-    # softmax rows: (M, C) or a shard's (M, V_local) slice; (N, C, S) holds N * S of them
-    rows = target.shape[0] * (target.shape[2] if target.ndim == 3 else 1)
-    if params.probability:
-        denominator = torch.tensor(float(sem.mean_denominator_probability(rows)), dtype=cd,
-                                   device=target.device)
-    else:
-        bad = ((target < 0) | (target >= num_classes)) & (target != params.ignore_index)
-        if target.device.type == "cpu":
-            if bool(bad.any()):
-                pos = np.unravel_index(int(bad.nonzero()[0, 0]), target_shape)
-                raise IndexError(out_of_range_message(int(target.reshape(target_shape)[pos]),
-                                                      pos, num_classes, params.ignore_index))
-        else:
-            torch._assert_async(~bad.any(), "crossent: target class index out of range")
-        _, w_y = sem.index_row_weights(target, params.ignore_index, weight)
-        denominator = sem.mean_denominator_index(w_y.to(cd))
+    """Range-check class indices; return ``(denominator, grad_scale)`` as device tensors."""
+    if not params.probability:
+        check_class_indices(target, num_classes, params.ignore_index, target_shape)
+    denominator = mean_denominator(target, params, weight, cd)
     if reduction == "mean":
         scale = 1.0 / denominator
     else:
         scale = torch.ones((), dtype=cd, device=target.device)
     return denominator, scale
+
+
+def check_class_indices(target: torch.Tensor, num_classes: int, ignore_index: int,
+                        target_shape: tuple[int, ...]) -> None:
+    """Every index is a class in ``[0, num_classes)`` or ``ignore_index``.
+
+    On CPU a bad index raises ``IndexError`` naming its value and its position in
+    ``target_shape`` (the shape the user passed).  On other devices the check is an
+    asynchronous device assertion (no host synchronisation), as PyTorch's own CUDA kernels do.
+    """
+    bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index)
+    if target.device.type == "cpu":
+        if bool(bad.any()):
+            pos = np.unravel_index(int(bad.reshape(-1).nonzero()[0, 0]), target_shape)
+            raise IndexError(out_of_range_message(int(target.reshape(target_shape)[pos]),
+                                                  pos, num_classes, ignore_index))
+    else:
+        torch._assert_async(~bad.any(), "crossent: target class index out of range")
+
+
+def mean_denominator(target: torch.Tensor, params: CrossEntropyParams,
+                     weight: torch.Tensor | None, cd: torch.dtype) -> torch.Tensor:
+    """The ``'mean'`` denominator (:mod:`crossent._semantics`' rules) as a 0-d tensor in
+    ``cd`` on the target's device, without a host synchronisation.
+
+    ``target``: range-checked class indices (any shape), or probabilities laid out as
+    softmax rows, ``(M, C)`` or ``(N, C, S)`` (``N * S`` rows; a shard's ``(M, V_local)``
+    slice counts its ``M`` rows).  ``weight``: the ``(C,)`` class weights or None.
+    """
+    if params.probability:
+        rows = target.shape[0] * (target.shape[2] if target.ndim == 3 else 1)
+        return torch.tensor(float(sem.mean_denominator_probability(rows)), dtype=cd,
+                            device=target.device)
+    _, w_y = sem.index_row_weights(target, params.ignore_index, weight)
+    return sem.mean_denominator_index(w_y.to(cd))
 
 
 def _numpy_view(t: torch.Tensor) -> tuple[np.ndarray, bool]:

@@ -49,7 +49,7 @@ from . import _shard
 from ._impl import resolve_impl
 from ._ops import _new_gradient
 from ._params import CrossEntropyParams
-from ._rows import check_targets_and_scale
+from ._rows import check_targets_and_scale, mean_denominator
 from .linear import _accumulate_dtype, rows_per_chunk
 
 __all__ = [
@@ -1093,17 +1093,19 @@ def _dtensor_output(loss, reduction, mesh, tp_dim, placements, global_shape, bat
     return dtensor.DTensor.from_local(loss, mesh, out_placements)
 
 
-def _global_denominator(target, ignore_index, weight, probability, rows, mesh, batch_dims,
-                        dtype):
+def _denominator_rows(target: torch.Tensor, probability: bool) -> torch.Tensor:
+    """A target as :func:`crossent.torch._rows.mean_denominator` reads it: class indices
+    flat, probabilities ``(..., V)`` as ``(rows, V)`` (a ``(V,)`` or 0-d one is one row)."""
+    if not probability:
+        return target.reshape(-1).to(torch.int64)
+    return target.reshape(1, target.numel()) if target.ndim < 2 else target.flatten(0, -2)
+
+
+def _global_denominator(target, ignore_index, weight, probability, mesh, batch_dims, dtype):
     """The 'mean' denominator of the whole global batch: the local one summed over the mesh
     dimensions that shard the rows (one all-reduce per such dimension, on the device)."""
-    if probability:
-        local = torch.tensor(float(sem.mean_denominator_probability(rows)), dtype=dtype,
-                             device=target.device)
-    else:
-        w = weight.to(dtype) if weight is not None else None
-        _, w_y = sem.index_row_weights(target.reshape(-1), ignore_index, w)
-        local = sem.mean_denominator_index(w_y.to(dtype))
+    local = mean_denominator(_denominator_rows(target, probability),
+                             CrossEntropyParams(probability, ignore_index), weight, dtype)
     for d in batch_dims:
         local = funcol.all_reduce(local, "sum", (mesh, d))
     return local
@@ -1139,9 +1141,8 @@ def _dtensor_cross_entropy(logits, target, *, group, vocab_start, num_classes, w
         num_classes=num_classes, weight=weight,
         reduction="sum" if mean_over_batch else reduction, **kw)
     if mean_over_batch:
-        rows = math.prod(local.shape[:-1])
         loss = loss / _global_denominator(local_target, kw.get("ignore_index", -100), weight,
-                                          probability, rows, mesh, batch_dims, loss.dtype)
+                                          probability, mesh, batch_dims, loss.dtype)
     global_shape = tuple(logits.shape[:-1])
     return _dtensor_output(loss, reduction, mesh, tp_dim, placements, global_shape, batch_dims)
 
@@ -1206,9 +1207,8 @@ def _dtensor_linear_cross_entropy(input, linear_weight, target, *, group, linear
         weight=weight, reduction="sum" if mean_over_batch else reduction, **kw)
     if mean_over_batch:
         probability = target_local.ndim == h_local.ndim
-        rows = math.prod(target_local.shape[: target_local.ndim - (1 if probability else 0)])
         loss = loss / _global_denominator(target_local, kw.get("ignore_index", -100), weight,
-                                          probability, rows, mesh, batch_dims, loss.dtype)
+                                          probability, mesh, batch_dims, loss.dtype)
     if reduction == "none":
         out_placements = [dtensor.Replicate() if i == tp_dim else p
                           for i, p in enumerate(in_placements)]
@@ -1281,12 +1281,9 @@ def global_mean_scale(
     w = weight.detach().to(device, acc) if weight is not None else None
     local = torch.zeros((), dtype=acc, device=device)
     for t in targets:
-        if t.is_floating_point():
-            elements = math.prod(t.shape[:-1]) if t.ndim else 1
-            local = local + sem.mean_denominator_probability(elements)
-        else:
-            _, w_y = sem.index_row_weights(t.reshape(-1), ignore_index, w)
-            local = local + sem.mean_denominator_index(w_y.to(acc))
+        probability = t.is_floating_point()
+        local = local + mean_denominator(_denominator_rows(t, probability),
+                                         CrossEntropyParams(probability, ignore_index), w, acc)
     group = _require_group(group)
     size, _ = _group_size_and_rank(group)
     total = funcol.all_reduce(local, "sum", group) if size > 1 else local
