@@ -377,12 +377,10 @@ def test_class_weight_dtype_rule():
         sem.check_class_weight_dtype(torch.float32, torch.float64, False)
 
 
-def test_class_layout_empty_batch_may_have_no_classes():
-    assert sem.class_layout((0, 0), empty_batch_may_have_no_classes=True).num_classes == 0
-    assert sem.class_layout((0, 0, 3), empty_batch_may_have_no_classes=True).rows == 0
+def test_class_layout_an_empty_batch_may_have_no_classes():
+    assert sem.class_layout((0, 0)).num_classes == 0
+    assert sem.class_layout((0, 0, 3)).rows == 0
     with pytest.raises(IndexError):
-        sem.class_layout((2, 0), empty_batch_may_have_no_classes=True)
+        sem.class_layout((2, 0))
     with pytest.raises(IndexError):
-        sem.class_layout((0,), empty_batch_may_have_no_classes=True)  # one element, no class
-    with pytest.raises(IndexError):
-        sem.class_layout((0, 0))  # the default: refused
+        sem.class_layout((0,))  # one element, no class

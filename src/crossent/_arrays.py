@@ -18,8 +18,6 @@ FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
 # dimension out of range).  It moved to numpy.exceptions in NumPy 1.25.
 AxisError = getattr(np, "exceptions", np).AxisError
 
-_INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
-
 
 def describe(value: Any) -> str:
     """A short description of what arrived: ``float32 array of shape (2, 3)``."""
@@ -59,10 +57,8 @@ def as_class_indices(target: np.ndarray, num_classes: int, ignore_index: int) ->
     a ``uint64`` index of ``2**63`` or more would wrap onto a negative number (``2**64 -
     100`` onto ``-100``, the default ``ignore_index``) and be silently ignored.  A bad index
     raises ``IndexError`` naming its value and position (C order, in the target's shape).
+    ``ignore_index`` was checked by :func:`crossent._semantics.check_ignore_index`.
     """
-    if not _INT64_MIN <= ignore_index <= _INT64_MAX:
-        raise ValueError(f"ignore_index must fit in a 64-bit signed integer (as in PyTorch), "
-                         f"got {ignore_index}")
     info = np.iinfo(target.dtype)
     bad = np.zeros(target.shape, dtype=bool)
     if num_classes <= info.max:  # else no value of this dtype reaches num_classes

@@ -98,12 +98,17 @@ def check_label_smoothing(label_smoothing: Any) -> float:
 
 
 def check_ignore_index(ignore_index: Any) -> int:
-    """``ignore_index`` is a Python or NumPy integer (PyTorch's default is -100)."""
+    """``ignore_index`` is a Python or NumPy integer that fits in 64 bits, as in PyTorch
+    (whose default is -100)."""
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
         raise TypeError(
             f"ignore_index must be an int, got {type(ignore_index).__name__} {ignore_index!r}"
         )
-    return int(ignore_index)
+    value = int(ignore_index)
+    if not -(2**63) <= value < 2**63:
+        raise ValueError(f"ignore_index must fit in a 64-bit signed integer (as in PyTorch), "
+                         f"got {value}")
+    return value
 
 
 def check_z_loss(z_loss: Any) -> float:
@@ -162,13 +167,11 @@ class ClassLayout:
         return len(self.input_shape) > 2
 
 
-def class_layout(input_shape: tuple[int, ...], name: str = "input", *,
-                 empty_batch_may_have_no_classes: bool = False) -> ClassLayout:
+def class_layout(input_shape: tuple[int, ...], name: str = "input") -> ClassLayout:
     """Resolve PyTorch's class axis: dim 1, or dim 0 for an unbatched ``(C,)`` input.
 
-    An empty class dimension is refused; with ``empty_batch_may_have_no_classes`` it is
-    accepted when there are no elements either (``(0, 0)``, ``(0, 0, d1)``), as PyTorch
-    accepts them (an empty loss, ``'mean'`` NaN, ``'sum'`` 0).
+    An empty class dimension is refused, unless there are no elements either (``(0, 0)``,
+    ``(0, 0, d1)``), which PyTorch accepts (an empty loss, ``'mean'`` NaN, ``'sum'`` 0).
     """
     input_shape = tuple(int(s) for s in input_shape)
     if len(input_shape) == 0:
@@ -178,7 +181,7 @@ def class_layout(input_shape: tuple[int, ...], name: str = "input", *,
     class_axis = 0 if len(input_shape) == 1 else 1
     num_classes = input_shape[class_axis]
     no_elements = math.prod(input_shape[:class_axis] + input_shape[class_axis + 1:]) == 0
-    if num_classes == 0 and not (empty_batch_may_have_no_classes and no_elements):
+    if num_classes == 0 and not no_elements:
         raise EmptyClassesError(
             f"{name} has an empty class dimension (axis {class_axis} of shape "
             f"{_shape_str(input_shape)}); cross-entropy needs at least one class"
@@ -195,12 +198,14 @@ def is_probability_target(input_shape: tuple[int, ...], target_shape: tuple[int,
 def check_target_batch(input_shape: tuple[int, ...], target_shape: tuple[int, ...]) -> None:
     """PyTorch compares the batch sizes before anything else about the target (its dtype
     included): a mismatch is a ``ValueError`` whatever kind of target it is."""
-    if len(input_shape) >= 2 and len(target_shape) >= 1 and \
-            int(target_shape[0]) != int(input_shape[0]):
+    m = int(target_shape[0]) if len(target_shape) else 0  # a 0-d target: PyTorch says 0
+    if len(input_shape) >= 2 and m != int(input_shape[0]):
+        n = int(input_shape[0])
         raise ValueError(
-            f"Expected input batch_size ({int(input_shape[0])}) to match target batch_size "
-            f"({int(target_shape[0])}): input of shape {_shape_str(tuple(input_shape))}, "
-            f"target of shape {_shape_str(tuple(target_shape))}"
+            f"target batch size {m} does not match input batch size {n} (PyTorch: expected "
+            f"input batch_size ({n}) to match target batch_size ({m})): the target's leading "
+            f"dimension must have shape ({n},) for input of shape "
+            f"{_shape_str(tuple(input_shape))}, got {_shape_str(tuple(target_shape))}"
         )
 
 
@@ -211,12 +216,7 @@ def check_index_target_shape(layout: ClassLayout, target_shape: tuple[int, ...])
         return
     expected = _shape_str(layout.batch_shape)
     got = _shape_str(target_shape)
-    if len(layout.input_shape) >= 2 and target_shape[:1] != layout.batch_shape[:1]:
-        raise ValueError(
-            f"target batch size {target_shape[0] if target_shape else '(none)'} does not match "
-            f"input batch size {layout.batch_shape[0]}: class-index target must have shape "
-            f"{expected} for input of shape {_shape_str(layout.input_shape)}, got {got}"
-        )
+    check_target_batch(layout.input_shape, target_shape)
     raise ArgumentError(
         f"target must have shape {expected} (class indices) or {_shape_str(layout.input_shape)} "
         f"(class probabilities) for input of shape {_shape_str(layout.input_shape)}, got {got}"

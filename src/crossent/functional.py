@@ -322,13 +322,14 @@ def _softmax_cross_entropy_rows(
 def _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing, z_loss,
                    softcap, grad_output, want_grad):
     x = as_float_array(input, "input", "a floating-point array of logits")
-    layout = sem.class_layout(x.shape, empty_batch_may_have_no_classes=True)
+    layout = sem.class_layout(x.shape)
     target = np.asarray(target)
     reduction = sem.check_reduction(reduction)
     label_smoothing = sem.check_label_smoothing(label_smoothing)
     ignore_index = sem.check_ignore_index(ignore_index)
     z_loss = sem.check_z_loss(z_loss)
     softcap = sem.check_softcap(softcap)
+    sem.check_target_batch(x.shape, target.shape)
     probability = sem.is_probability_target(x.shape, target.shape)
     if probability:
         if target.dtype.kind != "f":
@@ -478,8 +479,10 @@ def cross_entropy_with_grad(
 
 def _nll_loss(input, target, weight, ignore_index, reduction, grad_output, want_grad):
     x = as_float_array(input, "input", "a floating-point array of log-probabilities")
-    layout = sem.class_layout(x.shape, empty_batch_may_have_no_classes=True)
-    target = _class_indices(np.asarray(target))
+    layout = sem.class_layout(x.shape)
+    target = np.asarray(target)
+    sem.check_target_batch(x.shape, target.shape)
+    target = _class_indices(target)
     sem.check_index_target_shape(layout, target.shape)
     reduction = sem.check_reduction(reduction)
     ignore_index = sem.check_ignore_index(ignore_index)
