@@ -127,3 +127,54 @@ def test_id_column_is_copied_for_score(files):
     assert_usage_error(crossent("predict", "--model", str(files["model"]), "--data",
                                 str(keyed), "--id", "x1"),
                        "--id column 'x1' is one of the model's features")
+
+
+def test_a_feature_named_like_an_id_is_a_feature_not_the_id(tmp_path):
+    """A model whose feature is called ``sensor_id`` (saved from Python) predicts: the id
+    column is guessed only among the columns that are not the model's features, and the
+    feature error is for an explicit ``--id`` alone."""
+    from crossent.classifier import SoftmaxRegression, save_model
+
+    rng = np.random.default_rng(3)
+    X = np.column_stack([rng.integers(0, 5, 40), rng.standard_normal(40)])
+    y = np.where(X[:, 1] > 0, "hot", "cold")
+    model_path = tmp_path / "sensor.npz"
+    save_model(SoftmaxRegression().fit(X, y), model_path,
+               feature_names=["sensor_id", "reading"], metadata={"target": "state"})
+    data = tmp_path / "readings.csv"
+    data.write_text("sensor_id,reading\n3,0.5\n1,-2.0\n")
+    result = crossent("predict", "--model", str(model_path), "--data", str(data))
+    assert result.returncode == 0, result.stderr
+    header, rows = read(result.stdout)
+    assert header == ["prob_cold", "prob_hot", "predicted"]
+    assert [r[-1] for r in rows] == ["hot", "cold"]
+    keyed = tmp_path / "keyed.csv"
+    keyed.write_text("id,sensor_id,reading\nA7,3,0.5\nB2,1,-2.0\n")
+    result = crossent("predict", "--model", str(model_path), "--data", str(keyed))
+    assert result.returncode == 0, result.stderr
+    header, rows = read(result.stdout)
+    assert header[0] == "id" and [r[0] for r in rows] == ["A7", "B2"]
+    assert_usage_error(crossent("predict", "--model", str(model_path), "--data", str(data),
+                                "--id", "sensor_id"),
+                       "--id column 'sensor_id' is one of the model's features")
+
+
+def test_the_id_column_training_left_out_is_copied(tmp_path):
+    """A column that training left out because it counts the rows (not named as ids are) is
+    the id column of the predictions: the model file lists the identifiers."""
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((30, 2))
+    train = tmp_path / "train.csv"
+    train.write_text("row,a,b,y\n" + "".join(f"{i},{a:.4f},{b:.4f},{int(a > 0)}\n"
+                                               for i, (a, b) in enumerate(X)))
+    model = tmp_path / "m.npz"
+    result = crossent("train", "--data", str(train), "--out", str(model))
+    assert result.returncode == 0, result.stderr
+    assert "columns left out: row (identifies rows)" in result.stdout
+    new = tmp_path / "new.csv"
+    new.write_text("b,row,a\n0.1,17,1.5\n0.2,18,-1.5\n")
+    result = crossent("predict", "--model", str(model), "--data", str(new))
+    assert result.returncode == 0, result.stderr
+    header, rows = read(result.stdout)
+    assert header == ["row", "prob_0", "prob_1", "predicted"]
+    assert [(r[0], r[-1]) for r in rows] == [("17", "1"), ("18", "0")]

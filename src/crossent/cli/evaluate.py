@@ -33,8 +33,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def load(args: argparse.Namespace, *, require_target: bool, text: tuple[str, ...] = ()):
-    """The model, the data file matched up with it, and the table it was read from (shared
+def load(args: argparse.Namespace, arrays: dict, meta: dict, *, require_target: bool,
+         text: tuple[str, ...] = ()):
+    """The model (``arrays`` and ``meta`` as :func:`read_model_file` read them from
+    ``--model``), the data file matched up with it, and the table it was read from (shared
     with ``crossent predict``; ``text`` names columns to read as text: the id column).
 
     The label column is ``--target``, else the column the model was trained on, else (for
@@ -43,18 +45,14 @@ def load(args: argparse.Namespace, *, require_target: bool, text: tuple[str, ...
     Everything about the files is checked before scikit-learn is loaded, so that a mistake
     is reported at once.
     """
-    from .._model_file import read_model_file
     from ..datasets import DataError, default_target, load_file, read_table
 
-    arrays, meta = read_model_file(args.model)
     names = tuple(meta["feature_names"]) if meta.get("feature_names") else None
     with common.reading_progress(args.data) as progress:
         table = read_table(args.data, text=text, progress=progress)
     for column in text:
         if column not in table.columns:
             raise DataError(f"--id column {column!r} is not in {args.data}")
-        if names is not None and column in names:
-            raise DataError(f"--id column {column!r} is one of the model's features")
     target = args.target
     if target is None and meta.get("target") in table.columns:
         target = meta["target"]
@@ -83,7 +81,10 @@ def run(args: argparse.Namespace) -> int:
 
     if common.same_path(args.model, args.data):
         raise common.UsageError(f"--model and --data name the same file ({args.data})")
-    model, data, _ = load(args, require_target=True)
+    from .._model_file import read_model_file
+
+    arrays, meta = read_model_file(args.model)
+    model, data, _ = load(args, arrays, meta, require_target=True)
     y = common.label_indices(model, data.y, args.data)
     proba = model.predict_proba(data.X)
     predicted = np.argmax(proba, axis=1)

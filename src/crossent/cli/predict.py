@@ -1,7 +1,8 @@
 """``crossent predict``: class probabilities and the predicted label for every row.
 
-Writes CSV: the id column (``--id``, or the first column named as ids are: ``id``,
-``PassengerId``, ...), copied as it is written in the data file; one column
+Writes CSV: the id column (``--id``, or the first column that is not one of the model's
+features and either identified rows when the model was trained or is named as ids are:
+``id``, ``PassengerId``, ...), copied as it is written in the data file; one column
 ``prob_<class>`` per class; then ``predicted``.  Probabilities are written in Python's
 shortest round-trip form, so ``crossent score`` on the file gives exactly the log loss
 ``crossent evaluate`` prints, and with the id column it matches the rows of a labels file
@@ -41,7 +42,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--id", metavar="COLUMN",
                    help="copy this column of FILE (row ids) to the output as its first column, "
                    "so that 'crossent score' matches rows by it (default: the first column "
-                   "named as ids are, such as 'id' or 'PassengerId', if FILE has one)")
+                   "of FILE that is not a feature of the model and was left out of training "
+                   "as an identifier or is named as ids are, such as 'id' or 'PassengerId')")
     p.add_argument("--out", metavar="PREDS.csv", help="output file (default: standard output)")
     common.add_force(p)
     p.set_defaults(run=run)
@@ -62,12 +64,17 @@ def predictions_csv(model, X: np.ndarray, ids: tuple[str, np.ndarray] | None = N
     return buf.getvalue()
 
 
-def _id_column(args: argparse.Namespace) -> str | None:
-    """``--id``, else the data file's first column named as ids are (``id``,
-    ``PassengerId``, ...: :func:`crossent.datasets.is_identifier_name`; CSV files only)."""
+def _id_column(args: argparse.Namespace, meta: dict) -> str | None:
+    """``--id``, else the first column of the data file that is not one of the model's
+    features and either was left out of training as an identifier (the model file lists
+    those) or is named as ids are (``id``, ``PassengerId``, ...:
+    :func:`crossent.datasets.is_identifier_name`); CSV files only."""
+    features = set(meta.get("feature_names") or ())
     if args.id is not None:
         if not args.data.lower().endswith(".csv"):
             raise common.UsageError("--id needs a CSV data file (its columns have names)")
+        if args.id in features:
+            raise common.UsageError(f"--id column {args.id!r} is one of the model's features")
         return args.id
     if args.data.lower().endswith(".csv") and os.path.isfile(args.data):
         from ..datasets import DataError, csv_header, is_identifier_name
@@ -76,17 +83,22 @@ def _id_column(args: argparse.Namespace) -> str | None:
             header, _ = csv_header(args.data)
         except DataError:
             return None  # reading the file proper will say what is wrong
-        return next((name for name in header if is_identifier_name(name)), None)
+        trained = meta.get("identifiers")
+        trained = [n for n in trained if n in header] if isinstance(trained, list) else []
+        named = [n for n in header if is_identifier_name(n)]
+        return next((n for n in trained + named if n not in features), None)
     return None
 
 
 def run(args: argparse.Namespace) -> int:
+    from .._model_file import read_model_file
     from .evaluate import load
 
     inputs = [("--data", args.data), ("--model", args.model)]
     common.check_output(args.out, args.force, "--out", inputs)
-    id_column = _id_column(args)
-    model, data, table = load(args, require_target=False,
+    arrays, meta = read_model_file(args.model)
+    id_column = _id_column(args, meta)
+    model, data, table = load(args, arrays, meta, require_target=False,
                               text=(id_column,) if id_column else ())
     ids = None if id_column is None else (id_column, table.columns[id_column])
     text = predictions_csv(model, data.X, ids)
