@@ -7,9 +7,12 @@ live here, and every op (``cross_entropy``, ``linear_cross_entropy``, the distri
 takes them from here:
 
 * **Arguments**: tensors, dtypes and class-index targets are checked with errors that name
-  the argument (:func:`check_tensor`, :func:`check_float_dtype`, :func:`index_target_as_int64`).
-* **Autocast**: under ``torch.autocast`` PyTorch runs cross-entropy in float32
-  (:func:`autocast_dtype`); the ops return a float32 loss there too.
+  the argument (:func:`check_tensor`, :func:`check_float_dtype`, :func:`check_target_dtype`,
+  :func:`index_target_as_int64`).
+* **Autocast and dtypes**: under ``torch.autocast`` PyTorch runs cross-entropy in float32
+  (:func:`autocast_dtype`) and a linear layer in lower precision
+  (:func:`linear_autocast_dtype`, :func:`autocast_linear_inputs`); the ops return a float32
+  loss there too, and elsewhere the dtype PyTorch's would (:func:`loss_dtype`).
 * **Handing out gradients**: a gradient tensor given to autograd is never changed afterwards
   (:func:`scale_into` scales a kept gradient in place only when the op will not use it again).
 * **Consuming logits** (``inplace_backward=True``): only memory nothing else needs
@@ -57,6 +60,24 @@ def check_float_dtype(t: torch.Tensor, name: str, what: str = "logits") -> None:
     )
 
 
+def check_target_dtype(target: torch.Tensor, probability: bool, index_shape: tuple[int, ...],
+                       probability_shape: tuple[int, ...]) -> None:
+    """Class probabilities (a target of ``probability_shape``) are floating point, in one of
+    :data:`FLOAT_DTYPES`; class indices (of ``index_shape``) are integers of any dtype
+    (floating, complex and bool are refused, as PyTorch refuses them)."""
+    if probability:
+        if not target.is_floating_point():
+            raise sem.ArgumentTypeError(
+                f"target of shape {sem._shape_str(tuple(probability_shape))} holds class "
+                f"probabilities and must be floating point, got {dtype_name(target)}")
+        check_float_dtype(target, "target", "class probabilities")
+    elif target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise sem.ArgumentTypeError(
+            f"target must hold integer class indices of shape "
+            f"{sem._shape_str(tuple(index_shape))} (or probabilities of shape "
+            f"{sem._shape_str(tuple(probability_shape))}), got dtype {dtype_name(target)}")
+
+
 def autocast_dtype(device: torch.device, *dtypes: torch.dtype) -> torch.dtype | None:
     """float32 when ``torch.autocast`` is active on ``device`` and would cast these dtypes.
 
@@ -95,6 +116,62 @@ def probability_target_dtype(target: torch.Tensor, weight: torch.Tensor | None
     if weight is None:
         return target.dtype
     return torch.promote_types(target.dtype, weight.dtype)
+
+
+def loss_dtype(input_dtype: torch.dtype, target: torch.Tensor, weight: torch.Tensor | None,
+               probability: bool, autocast: torch.dtype | None) -> torch.dtype:
+    """The dtype of the loss, PyTorch's rule: ``autocast`` (float32) under
+    ``torch.autocast`` (:func:`autocast_dtype`); else the input's dtype, promoted for
+    probability targets by theirs and the class weight's (:func:`probability_target_dtype`)."""
+    if autocast is not None:
+        return autocast
+    if not probability:
+        return input_dtype
+    return torch.promote_types(input_dtype, probability_target_dtype(target, weight))
+
+
+def linear_autocast_dtype(input: torch.Tensor, linear_weight: torch.Tensor,
+                          linear_bias: torch.Tensor | None = None) -> torch.dtype | None:
+    """The loss's autocast dtype for a linear + cross-entropy op, or None.
+
+    Under ``torch.autocast`` PyTorch runs ``F.linear`` in autocast's lower precision (its
+    float16, bfloat16 and float32 arguments cast, whatever their mix) and the cross-entropy
+    in float32, which is returned; float64 arguments are left alone, and then the dtypes
+    must agree, as they must without autocast (``F.linear`` refuses a mix): checked here,
+    with errors naming the argument.  :func:`autocast_linear_inputs` makes the casts.
+    """
+    dtypes = (input.dtype, linear_weight.dtype) + \
+        ((linear_bias.dtype,) if linear_bias is not None else ())
+    autocast = autocast_dtype(input.device, *dtypes)
+    if autocast is not None:
+        return autocast
+    if input.dtype != linear_weight.dtype:
+        raise sem.ArgumentTypeError(
+            f"input and linear_weight must have the same dtype, got {dtype_name(input)} and "
+            f"{dtype_name(linear_weight)}"
+        )
+    if linear_bias is not None and linear_bias.dtype != input.dtype:
+        raise sem.ArgumentTypeError(
+            f"linear_bias must have the input's dtype {dtype_name(input)}, got "
+            f"{dtype_name(linear_bias)}"
+        )
+    return None
+
+
+def autocast_linear_inputs(
+    autocast: torch.dtype | None, input: torch.Tensor, linear_weight: torch.Tensor,
+    linear_bias: torch.Tensor | None, weight: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``(input, linear_weight, linear_bias, weight)`` as the op computes them: under
+    autocast (``autocast`` from :func:`linear_autocast_dtype`) the head's matrix products
+    in autocast's lower-precision dtype, as ``F.linear`` runs them, and the class weight in
+    the loss's dtype (after :func:`check_class_weight_dtype`); otherwise unchanged."""
+    if autocast is None:
+        return input, linear_weight, linear_bias, weight
+    low = torch.get_autocast_dtype(input.device.type)
+    return (input.to(low), linear_weight.to(low),
+            linear_bias.to(low) if linear_bias is not None else None,
+            weight.to(autocast) if weight is not None else None)
 
 
 def index_target_as_int64(target: torch.Tensor, num_classes: int, ignore_index: int,

@@ -353,13 +353,9 @@ def cross_entropy(
     else:
         rows_target = contract.index_target_as_int64(
             target.reshape(-1), classes, ignore_index, tuple(target.shape))
-    if autocast is not None:
-        loss_dtype = autocast
-        if weight is not None:
-            weight = weight.to(autocast)
-    else:
-        loss_dtype = torch.promote_types(input.dtype, rows_target.dtype) if probability \
-            else input.dtype
+    loss_dtype = contract.loss_dtype(input.dtype, target, weight, probability, autocast)
+    if autocast is not None and weight is not None:
+        weight = weight.to(autocast)
     call = _Call(reduction, probability, ignore_index, label_smoothing, z_loss, softcap,
                  inplace_backward, impl, tuple(target.shape), loss_dtype)
 

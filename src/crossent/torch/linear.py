@@ -592,24 +592,15 @@ def linear_cross_entropy(
             f"K-dimensional loss defined by linear_weight shape {tuple(linear_weight.shape)} "
             f"requires batched input, (N, {features}), got input of shape "
             f"{tuple(input.shape)}")
-    autocast = contract.autocast_dtype(input.device, input.dtype, linear_weight.dtype)
-    if autocast is None and input.dtype != linear_weight.dtype:
-        raise sem.ArgumentTypeError(
-            f"input and linear_weight must have the same dtype, got "
-            f"{contract.dtype_name(input)} and {contract.dtype_name(linear_weight)}"
-        )
-    if classes == 0:
-        raise sem.EmptyClassesError("linear_weight has C=0 rows: at least one class needed")
     if linear_bias is not None:
         linear_bias = contract.check_tensor(linear_bias, "linear_bias")
-        if tuple(linear_bias.shape) != tuple(linear_weight.shape[:-1]):
-            raise sem.ArgumentError(
-                f"expected linear_bias shape {sem._shape_str(tuple(linear_weight.shape[:-1]))},"
-                f" got {sem._shape_str(tuple(linear_bias.shape))}")
-        if autocast is None and linear_bias.dtype != input.dtype:
-            raise sem.ArgumentTypeError(
-                f"linear_bias must have the input's dtype {contract.dtype_name(input)}, got "
-                f"{contract.dtype_name(linear_bias)}")
+    autocast = contract.linear_autocast_dtype(input, linear_weight, linear_bias)
+    if classes == 0:
+        raise sem.EmptyClassesError("linear_weight has C=0 rows: at least one class needed")
+    if linear_bias is not None and tuple(linear_bias.shape) != tuple(linear_weight.shape[:-1]):
+        raise sem.ArgumentError(
+            f"expected linear_bias shape {sem._shape_str(tuple(linear_weight.shape[:-1]))},"
+            f" got {sem._shape_str(tuple(linear_bias.shape))}")
     lead = tuple(input.shape[:-1])
     if input.ndim <= 2:  # PyTorch's own shapes; (B, T, D) is crossent's, checked below
         sem.check_target_batch(tuple(input.shape), tuple(target.shape))
@@ -665,11 +656,8 @@ def linear_cross_entropy(
     rows = math.prod(lead)
     spatial = math.prod(out_spatial)
     chunk_size = check_chunk_size(chunk_size)
-    if autocast is not None:  # the products in autocast's dtype, the loss in float32
-        low = torch.get_autocast_dtype(input.device.type)
-        input, linear_weight = input.to(low), linear_weight.to(low)
-        linear_bias = linear_bias.to(low) if linear_bias is not None else None
-        weight = weight.to(autocast) if weight is not None else None
+    input, linear_weight, linear_bias, weight = contract.autocast_linear_inputs(
+        autocast, input, linear_weight, linear_bias, weight)
     impl = resolve_impl(impl, input.device, input.dtype)
     schedule = check_schedule(schedule)
     vocab_block_size = check_block_size(vocab_block_size)
@@ -698,11 +686,8 @@ def linear_cross_entropy(
             raise TypeError(f"loss_dtype must be None or one of "
                             f"{', '.join(map(contract.dtype_name, contract.FLOAT_DTYPES))}, "
                             f"got {loss_dtype!r}")
-    elif autocast is not None:
-        loss_dtype = autocast
     else:
-        loss_dtype = torch.promote_types(input.dtype, rows_target.dtype) if probability \
-            else input.dtype
+        loss_dtype = contract.loss_dtype(input.dtype, target, weight, probability, autocast)
     differentiating = contract.differentiating(h, w, b, rows_target, weight)
     need = tuple(contract.may_differentiate(t) for t in (h, w, b)) if differentiating \
         else (False, False, False)
