@@ -144,7 +144,7 @@ def test_low_precision_logits(dtype, within_torch_error):
     params = OPTIONS[2][1]
     x64, target, weight = make_case(ROWS, CLASSES, params, True, gen(7))
     x = x64.to(dtype)
-    w = weight.float()
+    w = weight.to(dtype)  # class-index targets take a weight of the logits' dtype (PyTorch)
     upstream = torch.tensor(0.7)
     losses, grad, _ = run_ranks(x, target, [0, 9, 10, 23], CLASSES, upstream=upstream,
                                 weight=w, label_smoothing=0.1)
@@ -153,7 +153,7 @@ def test_low_precision_logits(dtype, within_torch_error):
     ref = F.cross_entropy(xx, target, weight, label_smoothing=0.1)
     (ref_grad,) = torch.autograd.grad(ref, xx, upstream.double())
     xs = x.clone().requires_grad_()
-    same = F.cross_entropy(xs, target, w.to(dtype), label_smoothing=0.1)
+    same = F.cross_entropy(xs, target, w, label_smoothing=0.1)
     (same_grad,) = torch.autograd.grad(same, xs, upstream.to(dtype))
     within_torch_error(losses[0], same.detach(), ref.detach(), what="loss")
     within_torch_error(grad, same_grad, ref_grad, what="gradient")
@@ -425,6 +425,103 @@ def test_autocast_computes_in_float32(linear):
     torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-6)
 
 
+class _OneRankHead:
+    """The injected combine of a one-rank linear op: both exchanges are the identity."""
+
+    def __call__(self, stats):
+        return stats
+
+    def all_reduce(self, tensor):
+        return tensor
+
+
+@pytest.mark.parametrize("dtypes", [(torch.float64, torch.float64),
+                                    (torch.bfloat16, torch.float32)], ids=["float64", "mixed"])
+def test_linear_op_autocast_follows_linear_cross_entropy(dtypes):
+    """Under autocast float64 stays float64 (PyTorch's autocast leaves it alone) and a mix of
+    float16/bfloat16/float32 input and head runs in autocast's dtype, exactly as
+    crossent.torch.linear_cross_entropy (and F.linear + F.cross_entropy) do."""
+    g = gen(16)
+    h = torch.randn(ROWS, 8, generator=g, dtype=torch.float64).to(dtypes[0])
+    W = torch.randn(CLASSES, 8, generator=g, dtype=torch.float64).to(dtypes[1])
+    y = torch.randint(0, CLASSES, (ROWS,), generator=g)
+    kw = dict(vocab_start=0, num_classes=CLASSES, combine=_OneRankHead())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = vocab_parallel_linear_cross_entropy(h, W, y, **kw)
+        expected = ct.linear_cross_entropy(h, W, y)
+        plain = F.cross_entropy(F.linear(h, W), y)
+    assert loss.dtype == expected.dtype == plain.dtype == (
+        torch.float64 if dtypes[0] == torch.float64 else torch.float32)
+    tol = 1e-12 if loss.dtype == torch.float64 else 1e-6
+    torch.testing.assert_close(loss, expected, rtol=tol, atol=tol)
+    torch.testing.assert_close(loss, plain, rtol=tol, atol=tol)
+    if dtypes[0] != dtypes[1]:  # without autocast a mix is refused, as F.linear refuses it
+        with pytest.raises(TypeError, match="input and linear_weight must have the same dtype, "
+                                            "got bfloat16 and float32"):
+            vocab_parallel_linear_cross_entropy(h, W, y, **kw)
+
+
+def test_class_weight_rules_are_crossent_torch_s():
+    """The class weights follow crossent.torch.cross_entropy's rules: with class indices the
+    logits' dtype (a float64 weight with float32 logits is refused, as PyTorch refuses it);
+    with probabilities any floating dtype, which promotes the loss; never silently detached."""
+    g = gen(17)
+    x = torch.randn(ROWS, CLASSES, generator=g)
+    y = torch.randint(0, CLASSES, (ROWS,), generator=g)
+    t = torch.softmax(torch.randn(ROWS, CLASSES, generator=g), 1)
+    w64 = torch.rand(CLASSES, generator=g, dtype=torch.float64) + 0.1
+    for op in (vocab_parallel_cross_entropy, ct.cross_entropy, F.cross_entropy):
+        kw = _single_rank() if op is vocab_parallel_cross_entropy else {}
+        with pytest.raises((TypeError, RuntimeError), match="expected scalar type|input's dtype"):
+            op(x, y, weight=w64, **kw)
+    with pytest.raises(TypeError, match="weight must have the input's dtype float32 for "
+                                        "class-index targets"):
+        vocab_parallel_cross_entropy(x, y, weight=w64, **_single_rank())
+    # probabilities: float32 logits and targets, a float64 weight promotes the loss
+    xs = x.clone().requires_grad_()
+    loss = vocab_parallel_cross_entropy(xs, t, weight=w64, **_single_rank())
+    (grad,) = torch.autograd.grad(loss, xs)
+    xx = x.clone().requires_grad_()
+    expected = ct.cross_entropy(xx, t, w64)
+    (expected_grad,) = torch.autograd.grad(expected, xx)
+    assert loss.dtype == expected.dtype == torch.float64 and grad.dtype == torch.float32
+    torch.testing.assert_close(loss, expected, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-6, atol=1e-7)
+    # the linear op alike
+    h = torch.randn(ROWS, 4, generator=g)
+    W = torch.randn(CLASSES, 4, generator=g)
+    head = dict(vocab_start=0, num_classes=CLASSES, combine=_OneRankHead())
+    loss = vocab_parallel_linear_cross_entropy(h, W, t, weight=w64, **head)
+    expected = ct.linear_cross_entropy(h, W, t, weight=w64)
+    assert loss.dtype == expected.dtype == torch.float64
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
+    with pytest.raises(TypeError, match="weight must have the input's dtype float32"):
+        vocab_parallel_linear_cross_entropy(h, W, y, weight=w64, **head)
+    # a weight that requires grad is refused, not silently detached (any target)
+    trained = w64.float().requires_grad_()
+    for target in (t, y):
+        with pytest.raises(RuntimeError, match="crossent.torch.distributed does not "
+                                               "differentiate with respect to weight"):
+            vocab_parallel_cross_entropy(x, target, weight=trained, **_single_rank())
+        with pytest.raises(RuntimeError, match="crossent.torch.distributed does not "
+                                               "differentiate with respect to weight"):
+            vocab_parallel_linear_cross_entropy(h, W, target, weight=trained, **head)
+    with torch.no_grad():  # nothing is differentiated: it is just a tensor of weights
+        loss = vocab_parallel_cross_entropy(x, y, weight=trained, **_single_rank())
+    torch.testing.assert_close(loss, F.cross_entropy(x, y, trained.detach()), rtol=1e-6,
+                               atol=1e-7)
+    # under autocast, a float16/bfloat16/float32 weight is cast with the logits (PyTorch's)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = vocab_parallel_cross_entropy(x.bfloat16(), y, weight=w64.float(),
+                                            **_single_rank())
+        plain = F.cross_entropy(x.bfloat16(), y, w64.float())
+    assert loss.dtype == plain.dtype == torch.float32
+    torch.testing.assert_close(loss, plain, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match=r"weight must have shape \(23,\), one weight per "
+                                         r"class, got shape \(23, 1\)"):
+        vocab_parallel_cross_entropy(x, y, weight=torch.ones(CLASSES, 1), **_single_rank())
+
+
 # --------------------------------------------------------------------------------------------
 # bad input
 # --------------------------------------------------------------------------------------------
@@ -453,6 +550,16 @@ def test_errors():
     with pytest.raises(TypeError, match="must be floating point"):
         vocab_parallel_cross_entropy(x, torch.ones(3, 4, dtype=torch.int64), vocab_start=0,
                                      num_classes=4, **one)
+    with pytest.raises(TypeError, match="target must be a tensor of class probabilities in "
+                                        "one of float16, bfloat16, float32, float64, got "
+                                        "dtype float8_e4m3fn"):
+        vocab_parallel_cross_entropy(x, torch.zeros(3, 4, dtype=torch.float8_e4m3fn),
+                                     vocab_start=0, num_classes=4, **one)
+    # the linear op names what the user passed, not logits it never saw
+    with pytest.raises(ValueError, match=r"for input of shape \(3, 4\) and linear_weight of "
+                                         r"shape \(5, 4\), got \(2,\)"):
+        vocab_parallel_linear_cross_entropy(x, torch.randn(5, 4), y[:2], vocab_start=0,
+                                            num_classes=5, combine=_OneRankHead())
     with pytest.raises(ValueError, match="must return the merged statistics of shape"):
         vocab_parallel_cross_entropy(x, y, vocab_start=0, num_classes=4,
                                      combine=lambda s: s[:, :1])

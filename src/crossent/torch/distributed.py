@@ -438,10 +438,16 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
 # --------------------------------------------------------------------------------------------
 
 
-def _check_options(reduction, label_smoothing, ignore_index, z_loss, softcap):
-    return (sem.check_reduction(reduction), sem.check_label_smoothing(label_smoothing),
-            sem.check_ignore_index(ignore_index), sem.check_z_loss(z_loss),
-            sem.check_softcap(softcap))
+def _check_options(reduction, ignore_index, label_smoothing, z_loss, softcap, probability
+                   ) -> tuple[str, CrossEntropyParams]:
+    """``(reduction, params)``, each option checked by its rule in :mod:`crossent._semantics`."""
+    reduction = sem.check_reduction(reduction)
+    ignore_index = sem.check_ignore_index(ignore_index)
+    if probability:
+        sem.check_probability_ignore_index(ignore_index)
+    return reduction, CrossEntropyParams(
+        probability, ignore_index, sem.check_label_smoothing(label_smoothing),
+        sem.check_z_loss(z_loss), sem.check_softcap(softcap))
 
 
 def _check_layout_args(vocab_start, num_classes):
@@ -452,29 +458,40 @@ def _check_layout_args(vocab_start, num_classes):
             raise ValueError(f"{name} must be an int >= {low} or None, got {value!r}")
 
 
-def _check_weight(weight, device):
+def _full_weight(weight):
+    """The class weights as a plain tensor (a DTensor's full value), or None."""
     if weight is None:
         return None
     weight = contract.check_tensor(weight, "weight")
-    if _is_dtensor(weight):
-        weight = weight.full_tensor()
+    return weight.full_tensor() if _is_dtensor(weight) else weight
+
+
+def _check_weight(weight, input_name, device, input_dtype, probability, autocast):
+    """The class weights by crossent.torch's rules (their length is checked with the layout,
+    :func:`_resolve_layout`); they are not differentiated here."""
+    weight = _full_weight(weight)
+    if weight is None:
+        return None
     if not weight.is_floating_point():
         raise sem.ArgumentTypeError(
             f"weight must be a floating-point tensor, got dtype {contract.dtype_name(weight)}")
-    if weight.ndim != 1:
-        raise sem.ArgumentError(
-            f"weight must have shape (num_classes,), the full class weights on every rank, "
-            f"got shape {tuple(weight.shape)}")
     if weight.device != device:
-        raise sem.ArgumentError(f"weight must be on the input's device {device}, got "
-                                f"{weight.device}")
-    return weight.detach()
+        raise sem.ArgumentError(f"weight must be on the device of {input_name} ({device}), "
+                                f"got {weight.device}")
+    contract.check_class_weight_dtype(weight, input_dtype, probability, autocast)
+    if weight.requires_grad and torch.is_grad_enabled():
+        raise RuntimeError(
+            "crossent.torch.distributed does not differentiate with respect to weight (the "
+            "class weights); pass weight.detach()")
+    return weight
 
 
 def _resolve_layout(local_columns, vocab_start, num_classes, weight, exchange, rank, device):
     """``(vocab_start, num_classes)``: given, from the weight, or from the shard sizes."""
-    if num_classes is None and weight is not None:
+    if num_classes is None and weight is not None and weight.ndim == 1:
         num_classes = weight.shape[0]
+    if weight is not None and num_classes is not None:  # before any collective
+        sem.check_class_weight(tuple(weight.shape), num_classes)
     if vocab_start is None:
         vocab_start, total = _shard_layout(local_columns, exchange, rank, device)
         if num_classes is None:
@@ -487,36 +504,25 @@ def _resolve_layout(local_columns, vocab_start, num_classes, weight, exchange, r
         raise ValueError(
             "num_classes must be given with vocab_start (or pass weight, whose length it is, "
             "or neither, to derive both from the shard sizes)")
-    if weight is not None and weight.shape[0] != num_classes:
-        raise sem.ArgumentError(
-            f"weight must have shape ({num_classes},), one weight per real class, got shape "
-            f"{tuple(weight.shape)}")
+    if weight is not None:
+        sem.check_class_weight(tuple(weight.shape), num_classes)
     return vocab_start, num_classes
 
 
-def _check_target(target, logits_shape, probability, ignore_index, name="logits"):
+def _check_target(target, logits_shape, probability, logits_of):
+    """The target's dtype (crossent.torch's rule) and shape for this rank's logits
+    ``logits_shape`` (``logits_of`` names what they are made of, for the messages)."""
+    contract.check_target_dtype(target, probability, logits_shape[:-1], logits_shape)
     if probability:
-        if not target.is_floating_point():
-            raise sem.ArgumentTypeError(
-                f"target has the {name}' shape, so it holds this rank's slice of class "
-                "probabilities and must be floating point, got dtype "
-                f"{contract.dtype_name(target)}")
-        sem.check_probability_ignore_index(ignore_index)
         if target.requires_grad and torch.is_grad_enabled():
             raise RuntimeError(
                 "crossent.torch.distributed does not differentiate with respect to "
                 "probability targets; pass target.detach()")
-        return
-    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-        raise sem.ArgumentTypeError(
-            f"target must hold integer class indices of shape {tuple(logits_shape[:-1])} "
-            f"(or probabilities of shape {tuple(logits_shape)}), got dtype "
-            f"{contract.dtype_name(target)}")
-    if tuple(target.shape) != tuple(logits_shape[:-1]):
+    elif tuple(target.shape) != tuple(logits_shape[:-1]):
         raise sem.ArgumentError(
             f"target must have shape {tuple(logits_shape[:-1])} (global class indices) or "
-            f"{tuple(logits_shape)} (this rank's slice of probabilities) for {name} of shape "
-            f"{tuple(logits_shape)}, got {tuple(target.shape)}")
+            f"{tuple(logits_shape)} (this rank's slice of probabilities) for {logits_of}, "
+            f"got {tuple(target.shape)}")
 
 
 def _resolve_shard_impl(impl: str, like: torch.Tensor, columns: int) -> str:
@@ -528,13 +534,49 @@ def _resolve_shard_impl(impl: str, like: torch.Tensor, columns: int) -> str:
     return resolved
 
 
-def _loss_dtype(input_dtype, target, probability, device):
-    """PyTorch's rule (:mod:`crossent.torch._contract`): the input's dtype, promoted by
-    probability targets; float32 under autocast."""
-    autocast = contract.autocast_dtype(device, input_dtype)
-    if autocast is not None:
-        return autocast
-    return torch.promote_types(input_dtype, target.dtype) if probability else input_dtype
+def _prepare(target, weight, probability, autocast, options, *, logits_shape, logits_of,
+             input_name, like, exchange, rank, vocab_start, num_classes, impl, inplace):
+    """What both ops decide alike, once each has checked its own tensors: the options, the
+    target, the class weights, the executor and the shard's place in the vocabulary.
+
+    ``logits_shape`` is the shape of this rank's logits ``(..., V_local)`` (for the linear
+    op, those of the gathered input rows), ``logits_of`` says what they are made of and
+    ``input_name`` names the op's first argument in messages; ``like`` is the tensor whose
+    device and dtype the shard is computed in, ``autocast`` the loss's autocast dtype
+    (:mod:`crossent.torch._contract`), ``options`` the tuple ``(reduction, ignore_index,
+    label_smoothing, z_loss, softcap)`` as passed.  Returns ``(setup, rows_target,
+    weight)``: the frozen decisions, the target as ``(M,)`` int64 class indices or
+    ``(M, V_local)`` probabilities, and the weights in the dtype they are computed in.
+    """
+    reduction, params = _check_options(*options, probability)
+    _check_layout_args(vocab_start, num_classes)
+    _check_target(target, logits_shape, probability, logits_of)
+    device = like.device
+    if target.device != device:
+        raise sem.ArgumentError(f"target must be on the device of {input_name} ({device}), "
+                                f"got {target.device}")
+    weight = _check_weight(weight, input_name, device, like.dtype, probability, autocast)
+    local_columns = logits_shape[-1]
+    impl = _resolve_shard_impl(impl, like, local_columns)
+    vocab_start, num_classes = _resolve_layout(local_columns, vocab_start, num_classes, weight,
+                                               exchange, rank, device)
+    rows = math.prod(logits_shape[:-1])
+    if probability:  # a class weight of higher precision promotes them, as in PyTorch
+        rows_target = target.reshape(rows, local_columns).to(
+            contract.probability_target_dtype(target, weight))
+        if local_columns > 1 and rows_target.stride(-1) != 1:
+            rows_target = rows_target.contiguous()
+    else:  # int64, what gather and the kernels index with, whatever the integer dtype
+        rows_target = contract.index_target_as_int64(target.reshape(rows), num_classes,
+                                                     params.ignore_index, tuple(target.shape))
+    setup = _Setup(
+        params=params, reduction=reduction, col_start=vocab_start, num_classes=num_classes,
+        impl=impl, exchange=exchange, inplace=inplace,
+        loss_dtype=contract.loss_dtype(like.dtype, target, weight, probability, autocast),
+        target_shape=tuple(logits_shape[:-1]) or (1,))
+    if autocast is not None and weight is not None:
+        weight = weight.to(autocast)
+    return setup, rows_target, weight
 
 
 # --------------------------------------------------------------------------------------------
@@ -637,50 +679,32 @@ def vocab_parallel_cross_entropy(
     contract.check_float_dtype(logits, "logits")
     if logits.ndim == 0:
         raise sem.ArgumentError("logits must have shape (..., V_local), got a 0-d tensor")
-    reduction, label_smoothing, ignore_index, z_loss, softcap = _check_options(
-        reduction, label_smoothing, ignore_index, z_loss, softcap)
-    _check_layout_args(vocab_start, num_classes)
     if not isinstance(inplace_backward, bool):
         raise TypeError(f"inplace_backward must be a bool, got {inplace_backward!r}")
     probability = sem.is_probability_target(tuple(logits.shape), tuple(target.shape))
-    _check_target(target, logits.shape, probability, ignore_index)
-    if target.device != logits.device:
-        raise sem.ArgumentError(
-            f"target must be on the logits' device {logits.device}, got {target.device}")
-    weight = _check_weight(weight, logits.device)
-    impl = _resolve_shard_impl(impl, logits, logits.shape[-1])
+    autocast = contract.autocast_dtype(
+        logits.device, logits.dtype, *((target.dtype,) if probability else ()))
     exchange, _, rank = _make_exchange(combine, group)
-    local_columns = logits.shape[-1]
-    vocab_start, num_classes = _resolve_layout(local_columns, vocab_start, num_classes, weight,
-                                               exchange, rank, logits.device)
+    setup, rows_target, weight = _prepare(
+        target, weight, probability, autocast,
+        (reduction, ignore_index, label_smoothing, z_loss, softcap),
+        logits_shape=tuple(logits.shape), logits_of=f"logits of shape {tuple(logits.shape)}",
+        input_name="logits", like=logits, exchange=exchange, rank=rank,
+        vocab_start=vocab_start, num_classes=num_classes, impl=impl, inplace=inplace_backward)
     if inplace_backward and logits.requires_grad and torch.is_grad_enabled():
         contract.check_consumable(logits, "distributed.vocab_parallel_cross_entropy")
 
-    n_rows = math.prod(logits.shape[:-1])
-    rows = logits.reshape(n_rows, local_columns)
+    local_columns = logits.shape[-1]
+    rows = logits.reshape(math.prod(logits.shape[:-1]), local_columns)
     if local_columns > 1 and rows.stride(-1) != 1:
         rows = rows.contiguous()
-    # class indices as int64 (what gather and the kernels index with), whatever integer dtype
-    rows_target = (target.reshape(n_rows, local_columns) if probability
-                   else contract.index_target_as_int64(target.reshape(n_rows), num_classes,
-                                                       ignore_index, tuple(target.shape)))
-    if probability and local_columns > 1 and rows_target.stride(-1) != 1:
-        rows_target = rows_target.contiguous()
-    setup = _Setup(
-        params=CrossEntropyParams(probability=probability, ignore_index=ignore_index,
-                                  label_smoothing=label_smoothing, z_loss=z_loss,
-                                  softcap=softcap),
-        reduction=reduction, col_start=vocab_start, num_classes=num_classes, impl=impl,
-        exchange=exchange, inplace=inplace_backward,
-        loss_dtype=_loss_dtype(logits.dtype, target, probability, logits.device),
-        target_shape=tuple(target.shape) or (1,))
     with torch.autocast(logits.device.type, enabled=False):
         if torch.is_grad_enabled() and logits.requires_grad:
             loss, _, _ = _VocabParallelCrossEntropy.apply(rows, rows_target, weight, setup)
         else:
             loss, _, _ = _forward_loss(rows, rows_target, weight, setup)
-    if reduction == "none":
-        loss = loss.reshape(target.shape[:-1] if probability else target.shape)
+    if setup.reduction == "none":
+        loss = loss.reshape(logits.shape[:-1])
     return loss
 
 
@@ -958,6 +982,8 @@ def vocab_parallel_linear_cross_entropy(
     input = contract.check_tensor(input, "input")
     linear_weight = contract.check_tensor(linear_weight, "linear_weight")
     target = contract.check_tensor(target, "target")
+    if linear_bias is not None:
+        linear_bias = contract.check_tensor(linear_bias, "linear_bias")
     _refuse_transforms("vocab_parallel_linear_cross_entropy", input, linear_weight,
                        linear_bias)
     contract.check_float_dtype(input, "input", "hidden states")
@@ -973,23 +999,16 @@ def vocab_parallel_linear_cross_entropy(
             f"input's last dimension must equal linear_weight's D={features}, got input of "
             f"shape {tuple(input.shape)} and linear_weight of shape "
             f"{tuple(linear_weight.shape)}")
-    if input.dtype != linear_weight.dtype:
-        raise sem.ArgumentTypeError(
-            f"input and linear_weight must have the same dtype, got {input.dtype} and "
-            f"{linear_weight.dtype}")
-    if linear_bias is not None:
-        linear_bias = contract.check_tensor(linear_bias, "linear_bias")
-        if tuple(linear_bias.shape) != (local_columns,):
-            raise sem.ArgumentError(f"linear_bias must have shape ({local_columns},), got "
-                                    f"{tuple(linear_bias.shape)}")
-        if linear_bias.dtype != input.dtype:
-            raise sem.ArgumentTypeError(f"linear_bias must have the input's dtype "
-                                        f"{input.dtype}, got {linear_bias.dtype}")
+    autocast = contract.linear_autocast_dtype(input, linear_weight, linear_bias)
+    if linear_bias is not None and tuple(linear_bias.shape) != (local_columns,):
+        raise sem.ArgumentError(f"linear_bias must have shape ({local_columns},), got "
+                                f"{tuple(linear_bias.shape)}")
+    for name, t in (("linear_weight", linear_weight), ("linear_bias", linear_bias)):
+        if t is not None and t.device != input.device:
+            raise sem.ArgumentError(
+                f"{name} must be on the device of input ({input.device}), got {t.device}")
     if not isinstance(sequence_parallel, bool):
         raise TypeError(f"sequence_parallel must be a bool, got {sequence_parallel!r}")
-    reduction, label_smoothing, ignore_index, z_loss, softcap = _check_options(
-        reduction, label_smoothing, ignore_index, z_loss, softcap)
-    _check_layout_args(vocab_start, num_classes)
     exchange, size, rank = _make_exchange(combine, group)
     if exchange.how == "injected":
         if sequence_parallel:
@@ -1006,41 +1025,24 @@ def vocab_parallel_linear_cross_entropy(
                 else tuple(input.shape))
     logits_shape = (*gathered[:-1], local_columns)
     probability = sem.is_probability_target(logits_shape, tuple(target.shape))
-    _check_target(target, logits_shape, probability, ignore_index, name="logits")
-    for name, t in (("linear_weight", linear_weight), ("target", target),
-                    ("linear_bias", linear_bias)):
-        if t is not None and t.device != input.device:
-            raise sem.ArgumentError(
-                f"{name} must be on the input's device {input.device}, got {t.device}")
-    weight = _check_weight(weight, input.device)
-    impl = _resolve_shard_impl(impl, linear_weight, local_columns)
-    vocab_start, num_classes = _resolve_layout(local_columns, vocab_start, num_classes, weight,
-                                               exchange, rank, input.device)
-    rows = math.prod(gathered[:-1])
-    chunk = rows_per_chunk(rows, local_columns, chunk_size)
-    rows_target = (target.reshape(rows, local_columns) if probability
-                   else contract.index_target_as_int64(target.reshape(rows), num_classes,
-                                                       ignore_index, tuple(target.shape)))
-    autocast = torch.is_autocast_enabled(input.device.type)
-    if autocast:  # the head's matmul in the autocast dtype, as F.linear would run it
-        dtype = torch.get_autocast_dtype(input.device.type)
-        input = input.to(dtype)
-        linear_weight = linear_weight.to(dtype)
-        linear_bias = linear_bias.to(dtype) if linear_bias is not None else None
+    setup, rows_target, weight = _prepare(
+        target, weight, probability, autocast,
+        (reduction, ignore_index, label_smoothing, z_loss, softcap),
+        logits_shape=logits_shape,
+        logits_of=(f"input of shape {tuple(input.shape)}"
+                   f"{' (gathered: ' + str(gathered) + ')' if sequence_parallel else ''} and "
+                   f"linear_weight of shape {tuple(linear_weight.shape)}"),
+        input_name="input", like=input, exchange=exchange, rank=rank,
+        vocab_start=vocab_start, num_classes=num_classes, impl=impl, inplace=False)
+    chunk = rows_per_chunk(rows_target.shape[0], local_columns, chunk_size)
+    input, linear_weight, linear_bias, weight = contract.autocast_linear_inputs(
+        autocast, input, linear_weight, linear_bias, weight)
     w = linear_weight if linear_weight.stride(-1) == 1 else linear_weight.contiguous()
-    setup = _Setup(
-        params=CrossEntropyParams(probability=probability, ignore_index=ignore_index,
-                                  label_smoothing=label_smoothing, z_loss=z_loss,
-                                  softcap=softcap),
-        reduction=reduction, col_start=vocab_start, num_classes=num_classes, impl=impl,
-        exchange=exchange, inplace=False,
-        loss_dtype=_loss_dtype(input.dtype, target, probability, input.device),
-        target_shape=tuple(gathered[:-1]) or (1,))
     lsetup = _LinearSetup(setup, chunk, sequence_parallel)
     with torch.autocast(input.device.type, enabled=False):
         loss, *_ = _VocabParallelLinearCrossEntropy.apply(input, w, linear_bias, rows_target,
                                                           weight, lsetup)
-    if reduction == "none":
+    if setup.reduction == "none":
         loss = loss.reshape(gathered[:-1])
     return loss
 
@@ -1131,7 +1133,7 @@ def _dtensor_cross_entropy(logits, target, *, group, vocab_start, num_classes, w
                                   for i, p in enumerate(placements))
         local_target = _local_rows(target, mesh, target_placements, "target")
     local = logits.to_local()
-    weight = _check_weight(weight, local.device)
+    weight = _full_weight(weight)
     total = logits.shape[-1]
     if num_classes is None:
         num_classes = weight.shape[0] if weight is not None else total
@@ -1197,7 +1199,7 @@ def _dtensor_linear_cross_entropy(input, linear_weight, target, *, group, linear
     else:
         h_local = input
     target_local = target.to_local() if _is_dtensor(target) else target
-    weight = _check_weight(weight, h_local.device)
+    weight = _full_weight(weight)
     if num_classes is None:
         num_classes = weight.shape[0] if weight is not None else linear_weight.shape[0]
     mean_over_batch = reduction == "mean" and batch_dims
