@@ -157,6 +157,9 @@ def test_a_feature_named_like_an_id_is_a_feature_not_the_id(tmp_path):
     assert_usage_error(crossent("predict", "--model", str(model_path), "--data", str(data),
                                 "--id", "sensor_id"),
                        "--id column 'sensor_id' is one of the model's features")
+    assert_usage_error(crossent("predict", "--model", str(model_path), "--data", str(data),
+                                "--id", "key"),
+                       f"column 'key' is not in {data} (columns: 'sensor_id', 'reading')")
 
 
 def test_the_id_column_training_left_out_is_copied(tmp_path):

@@ -213,3 +213,12 @@ def test_repeated_ids_are_refused(tmp_path):
     assert_usage_error(crossent("score", str(preds), str(labels)),
                        "id column 'id' of " + str(preds) + " repeats the value '1', so rows "
                        "cannot be matched by it")
+
+
+def test_an_id_column_missing_from_a_file_is_named(tmp_path):
+    preds = tmp_path / "preds.csv"
+    preds.write_text("key,prob_0,prob_1\na,0.9,0.1\n")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("y\n0\n")
+    assert_usage_error(crossent("score", str(preds), str(labels), "--id", "key"),
+                       f"column 'key' is not in {labels} (columns: 'y')")

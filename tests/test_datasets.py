@@ -293,6 +293,28 @@ def test_the_index_pandas_writes_is_an_identifier(tmp_path):
     assert d.identifiers == ("Unnamed: 0",) and d.feature_names == ("x",)
 
 
+def test_id_columns_by_name_never_a_probability():
+    """One rule for the id columns of a header (predict and score use it; training adds the
+    row counters): ``prob_<class>`` columns are probabilities, even of a class ``id``."""
+    from crossent.datasets import id_columns
+
+    header = ["prob_id", "prob_user_id", "x", "order_id", "PassengerId", "paid", "y"]
+    assert id_columns(header) == ["order_id", "PassengerId"]
+
+
+def test_text_columns_must_exist(tmp_path):
+    """``read_table(text=...)`` checks its names as ``exclude`` does, for every kind of file
+    (it named nothing when the column was missing)."""
+    path = write(tmp_path, "d.csv", "key,x,y\n007,0.5,0\n")
+    assert read_table(path, text=["key"]).columns["key"].tolist() == ["007"]
+    with pytest.raises(DataError, match=r"column 'id' is not in .*d.csv \(columns: 'key', 'x'"):
+        read_table(path, text=["id"])
+    npz = tmp_path / "d.npz"
+    np.savez(npz, X=np.ones((2, 2)), y=np.array([0, 1]))
+    with pytest.raises(DataError, match=r"column 'id' is not in .*d.npz \(columns: 'x0'"):
+        read_table(npz, text=["id"])
+
+
 def test_drop_leaves_columns_out(tmp_path):
     path = write(tmp_path, "d.csv", "a,b,c,y\n1,2,x,0\n4,5,z,1\n")
     d = load_file(path, drop=["c", "a"])

@@ -64,6 +64,7 @@ __all__ = [
     "resolve_target",
     "identifier_reason",
     "is_identifier_name",
+    "id_columns",
     "label_column",
     "check_classes",
     "train_test_split",
@@ -219,6 +220,7 @@ def read_table(path: str | os.PathLike, *, exclude: Iterable[str] = (),
 
     ``exclude`` names columns not to read at all (a CSV's are skipped by the parser);
     ``text`` names CSV columns to keep as their text even when they hold numbers (ids).
+    A name in either that is not a column of the file is a :class:`DataError`.
     ``progress(done, total)`` is called as a CSV file's bytes are read.
     """
     path = os.fspath(path)
@@ -227,9 +229,9 @@ def read_table(path: str | os.PathLike, *, exclude: Iterable[str] = (),
     if os.path.isdir(path):
         raise DataError(f"{path} is a directory, not a data file")
     ext = os.path.splitext(path)[1].lower()
-    exclude = tuple(exclude)
+    exclude, text = tuple(exclude), tuple(text)
     if ext == ".csv":
-        table = _read_csv(path, exclude, tuple(text), progress)
+        table = _read_csv(path, exclude, text, progress)
     elif ext == ".npy":
         table = _read_npy(path)
     elif ext == ".npz":
@@ -237,6 +239,8 @@ def read_table(path: str | os.PathLike, *, exclude: Iterable[str] = (),
     else:
         raise DataError(f"{path}: unknown file type {ext or '(no extension)'!r}; expected .csv "
                         "(with a header line), .npy or .npz")
+    if table.kind != "csv":  # (a CSV's names are checked against its header, before parsing)
+        _check_columns(table.names, text, path)
     if table.kind != "csv" and exclude:
         _check_columns(table.names, exclude, path)
         columns = {n: c for n, c in table.columns.items() if n not in exclude}
@@ -367,7 +371,7 @@ def _read_csv(path: str, exclude: tuple[str, ...], text: tuple[str, ...],
     dup = sorted({name for name in header if header.count(name) > 1})
     if dup:
         raise DataError(f"{path}: the header names column {dup[0]!r} more than once")
-    _check_columns(header, exclude, path)
+    _check_columns(header, exclude + text, path)
     keep = [name for name in header if name not in exclude]
     if not keep:
         raise DataError(f"{path}: no columns are left after leaving out "
@@ -653,12 +657,23 @@ _ID_CAMEL = re.compile(r"[a-z0-9](Id|ID)$")
 
 def is_identifier_name(name: str) -> bool:
     """Whether a column called ``name`` identifies rows: ``id``, ``index``, ``Unnamed: 0``,
-    ``customer_id``, ``PassengerId``, ``userID``, ..."""
+    ``customer_id``, ``PassengerId``, ``userID``, ...; never a ``prob_<class>`` column (a
+    probability, as ``crossent predict`` writes, even of a class called ``id``)."""
+    if name.startswith("prob_"):
+        return False
     return bool(_ID_NAME.search(name) or _ID_CAMEL.search(name))
 
 
+def id_columns(names: Iterable[str]) -> list[str]:
+    """The columns of ``names`` (a header) that identify rows by their name, in order (see
+    :func:`is_identifier_name`): where ``crossent predict`` and ``crossent score`` look for
+    the column that matches rows."""
+    return [name for name in names if is_identifier_name(name)]
+
+
 def identifier_reason(table: Table, name: str) -> str | None:
-    """Why column ``name`` looks like a row identifier rather than a feature, or None."""
+    """Why column ``name`` looks like a row identifier rather than a feature (its name, see
+    :func:`is_identifier_name`, or integers counting the rows), or None."""
     if is_identifier_name(name):
         return "its name marks an identifier"
     col = table.columns[name]

@@ -50,9 +50,6 @@ def load(args: argparse.Namespace, arrays: dict, meta: dict, *, require_target: 
     names = tuple(meta["feature_names"]) if meta.get("feature_names") else None
     with common.reading_progress(args.data) as progress:
         table = read_table(args.data, text=text, progress=progress)
-    for column in text:
-        if column not in table.columns:
-            raise DataError(f"--id column {column!r} is not in {args.data}")
     target = args.target
     if target is None and meta.get("target") in table.columns:
         target = meta["target"]

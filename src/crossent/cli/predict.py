@@ -68,7 +68,7 @@ def _id_column(args: argparse.Namespace, meta: dict) -> str | None:
     """``--id``, else the first column of the data file that is not one of the model's
     features and either was left out of training as an identifier (the model file lists
     those) or is named as ids are (``id``, ``PassengerId``, ...:
-    :func:`crossent.datasets.is_identifier_name`); CSV files only."""
+    :func:`crossent.datasets.id_columns`); CSV files only."""
     features = set(meta.get("feature_names") or ())
     if args.id is not None:
         if not args.data.lower().endswith(".csv"):
@@ -77,7 +77,7 @@ def _id_column(args: argparse.Namespace, meta: dict) -> str | None:
             raise common.UsageError(f"--id column {args.id!r} is one of the model's features")
         return args.id
     if args.data.lower().endswith(".csv") and os.path.isfile(args.data):
-        from ..datasets import DataError, csv_header, is_identifier_name
+        from ..datasets import DataError, csv_header, id_columns
 
         try:
             header, _ = csv_header(args.data)
@@ -85,8 +85,7 @@ def _id_column(args: argparse.Namespace, meta: dict) -> str | None:
             return None  # reading the file proper will say what is wrong
         trained = meta.get("identifiers")
         trained = [n for n in trained if n in header] if isinstance(trained, list) else []
-        named = [n for n in header if is_identifier_name(n)]
-        return next((n for n in trained + named if n not in features), None)
+        return next((n for n in trained + id_columns(header) if n not in features), None)
     return None
 
 

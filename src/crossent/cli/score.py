@@ -82,10 +82,10 @@ def choose_id(args: argparse.Namespace) -> str | None:
     """The column to match rows by, or None to match them by position.
 
     ``--id``, else the identifier column both files have (``id``, ``PassengerId``, ... by
-    name: see :func:`crossent.datasets.is_identifier_name`).  Refuses to match by position
-    where an identifier column says the rows have identities but cannot be matched by it.
+    name: see :func:`crossent.datasets.id_columns`).  Refuses to match by position where an
+    identifier column says the rows have identities but cannot be matched by it.
     """
-    from ..datasets import DataError, is_identifier_name
+    from ..datasets import DataError, id_columns
 
     if args.by_position:
         if args.id:
@@ -97,8 +97,7 @@ def choose_id(args: argparse.Namespace) -> str | None:
             if path.lower().endswith(".npy"):
                 raise DataError(f"--id needs CSV files, and {path} is a .npy file")
         return args.id
-    ids = {path: [c for c in columns or [] if is_identifier_name(c)
-                  and not c.startswith("prob_")] for path, columns in names.items()}
+    ids = {path: id_columns(columns or []) for path, columns in names.items()}
     pred_ids, label_ids = ids[args.predictions], ids[args.labels]
     common_ids = [c for c in pred_ids if c in label_ids]
     if len(common_ids) == 1:
@@ -183,8 +182,6 @@ def _ids(table, id_column: str | None):
 
     if id_column is None:
         return None
-    if id_column not in table.columns:
-        raise DataError(f"id column {id_column!r} is not in {table.source}")
     ids = table.columns[id_column].astype(str)
     unique, counts = np.unique(ids, return_counts=True)
     if len(unique) != len(ids):
