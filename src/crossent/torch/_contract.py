@@ -20,6 +20,8 @@ takes them from here:
 * **Transforms**: first derivatives work everywhere (``backward``, ``torch.autograd.grad``
   repeated, ``torch.func.grad``/``jacrev``/``jvp``/``jacfwd``/``vmap``, forward-mode AD);
   higher derivatives raise (:func:`refuse_double_backward`, :func:`refuse_higher_order`).
+  Ops that support reverse mode only (the distributed ones) refuse the rest by name
+  (:func:`refuse_transforms`, :func:`refuse_vmapped_backward`).
 """
 
 from __future__ import annotations
@@ -279,6 +281,61 @@ def refuse_higher_order(op: str, inplace: bool) -> None:
             "jvp, jacfwd, vmap of them); a second derivative (hessian, jacfwd(jacrev(...)), "
             "grad(grad(...))) is not supported: use the plain PyTorch op for it"
         )
+
+
+def _outer_requires_grad(t: torch.Tensor | None) -> bool:
+    """Whether the autograd outside every ``torch.func`` transform tracks ``t`` (the plain
+    tensor under functorch's wrappers requires grad)."""
+    from torch._C._functorch import get_unwrapped, is_functorch_wrapped_tensor
+
+    if t is None:
+        return False
+    while is_functorch_wrapped_tensor(t):
+        t = get_unwrapped(t)
+    return t.requires_grad
+
+
+def refuse_transforms(op: str, *tensors: torch.Tensor | None) -> None:
+    """For an op that supports reverse-mode AD only (``backward``, ``torch.autograd.grad``,
+    ``torch.func.grad``, ``torch.compile``): ``vmap``, forward-mode AD and a second
+    derivative raise before anything runs, rather than return a wrong value.
+
+    The distributed ops are such: their collectives have no batching rule and their
+    statistics no tangent, and an autograd Function that defined ``jvp`` or ``vmap`` itself
+    could not be traced by Dynamo.  A second derivative is nested ``torch.func.grad``, or one
+    ``grad`` whose inputs the outer autograd also tracks (the gradient computed in the
+    forward pass would be differentiated as a constant).
+    """
+    from torch._C._functorch import TransformType
+    from torch.autograd import forward_ad
+
+    keys = [level.key() for level in functorch_levels()]  # none while compiling
+    what = None
+    if TransformType.Vmap in keys:
+        what = "torch.func.vmap"
+    elif keys.count(TransformType.Grad) > 1 or (
+            TransformType.Grad in keys and any(map(_outer_requires_grad, tensors))):
+        what = "double backward (nested torch.func.grad, hessian)"
+    elif TransformType.Jvp in keys or (
+            not torch.compiler.is_compiling() and forward_ad._current_level >= 0
+            and any(t is not None and forward_ad.unpack_dual(t).tangent is not None
+                    for t in tensors)):
+        what = "forward-mode AD (torch.func.jvp, jacfwd, torch.autograd.forward_ad)"
+    if what is not None:
+        raise RuntimeError(
+            f"crossent.torch.{op} does not support {what}; it supports backward "
+            "(reverse-mode) AD, torch.func.grad and torch.compile")
+
+
+def refuse_vmapped_backward(op: str) -> None:
+    """The backward of an op under :func:`refuse_transforms` has no batching rule either:
+    ``torch.func.jacrev`` and ``vmap`` over a ``vjp`` raise."""
+    from torch._C._functorch import TransformType
+
+    if any(level.key() == TransformType.Vmap for level in functorch_levels()):
+        raise RuntimeError(
+            f"crossent.torch.{op} does not support a vmapped backward (torch.func.jacrev, "
+            "vmap over vjp); use torch.func.grad or backward()")
 
 
 def differentiating(*tensors: torch.Tensor | None) -> bool:

@@ -39,7 +39,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.autograd.forward_ad as fwad
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 
@@ -313,79 +312,18 @@ def _row_scale(scale: torch.Tensor, grad_loss: torch.Tensor, reduction: str) -> 
     return scale * (upstream.reshape(-1) if reduction == "none" else upstream)
 
 
-def _under_vmap() -> bool:
-    from torch._C._functorch import TransformType
-    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
-
-    return any(i.key() == TransformType.Vmap for i in retrieve_all_functorch_interpreters())
-
-
-def _functorch_base(t: torch.Tensor | None) -> torch.Tensor | None:
-    """The plain tensor under functorch's wrappers (to see if the outer autograd tracks it)."""
-    if t is None:
-        return None
-    from torch._C._functorch import get_unwrapped, is_functorch_wrapped_tensor
-
-    while is_functorch_wrapped_tensor(t):
-        t = get_unwrapped(t)
-    return t
-
-
-def _refuse_transforms(op: str, *tensors: torch.Tensor | None) -> None:
-    """Forward-mode AD and ``vmap`` are not supported: say so, rather than return a wrong
-    value.  (Checked here because Dynamo cannot trace an autograd.Function that defines
-    ``jvp`` or ``vmap`` itself.)"""
-    if torch.compiler.is_compiling():
-        return
-    from torch._C._functorch import TransformType
-    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
-
-    keys = [i.key() for i in retrieve_all_functorch_interpreters()]
-    what = None
-    if TransformType.Vmap in keys:
-        what = "torch.func.vmap"
-    elif keys.count(TransformType.Grad) > 1 or (
-            TransformType.Grad in keys and any(t is not None and t.requires_grad
-                                               for t in map(_functorch_base, tensors))):
-        what = "double backward (nested torch.func.grad, hessian)"
-    elif TransformType.Jvp in keys or (
-            fwad._current_level >= 0
-            and any(t is not None and fwad.unpack_dual(t).tangent is not None for t in tensors)):
-        what = "forward-mode AD (torch.func.jvp, jacfwd, torch.autograd.forward_ad)"
-    if what is not None:
-        raise RuntimeError(
-            f"crossent.torch.distributed.{op} does not support {what}; it supports backward "
-            "(reverse-mode) AD, torch.func.grad and torch.compile")
-
-
-def _once_differentiable(op: str):
-    """Run a backward without building a graph; if a graph was asked for (create_graph=True,
-    or torch.func.grad, which always asks), its outputs raise a clear error only when they
-    are differentiated again (PyTorch's once_differentiable, with crossent's message)."""
+def _reverse_mode_only(op: str):
+    """A backward that refuses what the contract refuses (a vmapped backward, a graph of
+    the gradient: ``create_graph=True``) and builds no graph itself (under
+    ``torch.func.grad`` backward runs with grad enabled; its custom ops have no autograd)."""
 
     def decorate(backward):
         @functools.wraps(backward)
         def wrapper(ctx, *grads):
-            if not torch.compiler.is_compiling() and _under_vmap():
-                raise RuntimeError(
-                    f"crossent.torch.distributed.{op} does not support a vmapped backward "
-                    "(torch.func.jacrev, vmap over vjp); use torch.func.grad or backward()")
+            contract.refuse_vmapped_backward(op)
+            contract.refuse_double_backward(op)
             with torch.no_grad():
-                outputs = backward(ctx, *grads)
-            if not torch.is_grad_enabled():
-                return outputs
-            message = (f"crossent.torch.distributed.{op} does not support double backward "
-                       "(differentiating its gradient); use the plain PyTorch ops on gathered "
-                       "logits for higher-order gradients").encode()
-            tensors = [o for o in outputs if isinstance(o, torch.Tensor)]
-            # an input of the graph (it requires grad here) makes the outputs require grad
-            anchors = [t for t in ctx.saved_tensors
-                       if isinstance(t, torch.Tensor) and t.requires_grad][:1]
-            if not tensors or not anchors:
-                return outputs
-            err_fn = torch._C._functions.DelayedError(message, len(tensors) + 1)
-            guarded = iter(err_fn(*tensors, *anchors))
-            return tuple(next(guarded) if isinstance(o, torch.Tensor) else o for o in outputs)
+                return backward(ctx, *grads)
 
         return wrapper
 
@@ -410,7 +348,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         ctx.consumed = False
 
     @staticmethod
-    @_once_differentiable("vocab_parallel_cross_entropy")
+    @_reverse_mode_only("distributed.vocab_parallel_cross_entropy")
     def backward(ctx, grad_loss, _grad_combined, _grad_scale):
         setup = ctx.setup
         if setup.inplace:
@@ -675,7 +613,7 @@ def vocab_parallel_cross_entropy(
             inplace_backward=inplace_backward, impl=impl, combine=combine)
     logits = contract.check_tensor(logits, "logits")
     target = contract.check_tensor(target, "target")
-    _refuse_transforms("vocab_parallel_cross_entropy", logits)
+    contract.refuse_transforms("distributed.vocab_parallel_cross_entropy", logits)
     contract.check_float_dtype(logits, "logits")
     if logits.ndim == 0:
         raise sem.ArgumentError("logits must have shape (..., V_local), got a 0-d tensor")
@@ -871,7 +809,7 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
         ctx.lsetup = lsetup
 
     @staticmethod
-    @_once_differentiable("vocab_parallel_linear_cross_entropy")
+    @_reverse_mode_only("distributed.vocab_parallel_linear_cross_entropy")
     def backward(ctx, grad_loss, _gc, _gs, _gk):
         lsetup = ctx.lsetup
         setup = lsetup.base
@@ -984,8 +922,8 @@ def vocab_parallel_linear_cross_entropy(
     target = contract.check_tensor(target, "target")
     if linear_bias is not None:
         linear_bias = contract.check_tensor(linear_bias, "linear_bias")
-    _refuse_transforms("vocab_parallel_linear_cross_entropy", input, linear_weight,
-                       linear_bias)
+    contract.refuse_transforms("distributed.vocab_parallel_linear_cross_entropy", input,
+                               linear_weight, linear_bias)
     contract.check_float_dtype(input, "input", "hidden states")
     contract.check_float_dtype(linear_weight, "linear_weight", "weights")
     if input.ndim < 1:
