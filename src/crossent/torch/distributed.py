@@ -49,7 +49,7 @@ from ._impl import resolve_impl
 from ._ops import _new_gradient
 from ._params import CrossEntropyParams
 from ._rows import check_targets_and_scale, mean_denominator
-from .linear import _accumulate_dtype, rows_per_chunk
+from .linear import _accumulate_dtype, _HeadGradients, _logits_chunks, rows_per_chunk
 
 __all__ = [
     "COMBINES",
@@ -658,13 +658,6 @@ class _LinearSetup:
     sequence_parallel: bool
 
 
-def _linear_logits(hc, w, b, out):
-    torch.mm(hc, w.t(), out=out)
-    if b is not None:
-        out += b
-    return out
-
-
 def _linear_statistics(h, w, b, target, weight, reduction, params, col_start, num_classes,
                        chunk, impl, target_shape):
     rows = h.shape[0]
@@ -673,10 +666,7 @@ def _linear_statistics(h, w, b, target, weight, reduction, params, col_start, nu
     denominator, scale = check_targets_and_scale(target, params, wcls, num_classes, reduction,
                                                  cd, tuple(target_shape))
     stats = torch.empty((_shard.NUM_STATS, rows), dtype=cd, device=h.device)
-    buffer = torch.empty((min(chunk, rows), w.shape[0]), dtype=h.dtype, device=h.device)
-    for s in range(0, rows, chunk):
-        e = min(s + chunk, rows)
-        logits = _linear_logits(h[s:e], w, b, buffer[: e - s])
+    for s, e, logits in _logits_chunks(h, w, b, chunk):
         stats[:, s:e] = _shard.shard_statistics(logits, target[s:e], params, wcls, col_start,
                                                 num_classes, impl=impl)
     return stats, denominator.to(cd), scale.to(cd)
@@ -714,43 +704,17 @@ def _linear_gradient_op(
     """``d input`` (this shard's part, before the reduction across ranks; float32 for half
     inputs), ``d linear_weight`` and ``d linear_bias`` (float32 for half weights)."""
     params = CrossEntropyParams(probability, ignore_index, label_smoothing, z_loss, softcap)
-    rows, features = h.shape
-    acc = _accumulate_dtype(w.dtype)
     wcls = weight.to(combined.dtype) if weight is not None else None
-    dh = (torch.empty((rows, features), dtype=_accumulate_dtype(h.dtype), device=h.device)
-          if need_dh else h.new_empty((0,)))
-    dw = torch.zeros(w.shape, dtype=acc, device=w.device) if need_dw else w.new_empty((0,))
-    db = (torch.zeros((w.shape[0],), dtype=acc, device=w.device) if need_db
-          else w.new_empty((0,)))
-    n = min(chunk, rows)
-    buffer = torch.empty((n, w.shape[0]), dtype=h.dtype, device=h.device)
-    widen = need_dw and acc != h.dtype
-    if widen:  # half precision: dW's product is taken in float32, buffers allocated once
-        buffer_acc = torch.empty((n, w.shape[0]), dtype=acc, device=h.device)
-        h_acc = torch.empty((n, features), dtype=acc, device=h.device)
+    # d input stays float32 for half inputs until it is summed over the ranks
+    grads = _HeadGradients(h, w, chunk, need_dh, need_dw, need_db,
+                           dh_dtype=_accumulate_dtype(h.dtype))
     with torch.no_grad():
-        for s in range(0, rows, chunk):
-            e = min(s + chunk, rows)
-            hc = h[s:e]
-            g = _linear_logits(hc, w, b, buffer[: e - s])
+        for s, e, g in _logits_chunks(h, w, b, chunk):
             scale = row_scale[s:e] if row_scale.ndim else row_scale
             _shard.shard_gradient(g, combined[:, s:e], target[s:e], params, wcls, col_start,
                                   num_classes, scale, g, impl=impl)
-            if need_dh:
-                if dh.dtype == g.dtype:
-                    torch.mm(g, w, out=dh[s:e])
-                else:
-                    dh[s:e] = torch.mm(g, w)
-            if need_dw:
-                if widen:
-                    buffer_acc[: e - s].copy_(g)
-                    h_acc[: e - s].copy_(hc)
-                    dw.addmm_(buffer_acc[: e - s].t(), h_acc[: e - s])
-                else:
-                    dw.addmm_(g.t(), hc)
-            if need_db:
-                db += g.sum(dim=0, dtype=acc)
-    return dh, dw, db
+            grads.add(s, e, g)
+    return grads.dh, grads.dw, grads.db
 
 
 @_linear_gradient_op.register_fake

@@ -101,6 +101,77 @@ def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+def _logits_chunks(h, w, b, chunk):
+    """``(start, stop, logits)`` for each chunk of ``chunk`` rows of ``h``, with
+    ``logits = h[start:stop] @ w.T (+ b)`` written into one ``(chunk, V)`` buffer that every
+    chunk reuses: a chunk's logits (or the gradient written over them) are gone once the
+    next is asked for."""
+    rows = h.shape[0]
+    buffer = torch.empty((min(chunk, rows), w.shape[0]), dtype=h.dtype, device=h.device)
+    for start in range(0, rows, chunk):
+        stop = min(start + chunk, rows)
+        logits = buffer[: stop - start]
+        torch.mm(h[start:stop], w.t(), out=logits)
+        if b is not None:
+            logits += b
+        yield start, stop, logits
+
+
+class _HeadGradients:
+    """The gradients of ``h (N, D)``, ``w (V, D)`` and the bias, accumulated from each
+    chunk's ``d logits`` (:meth:`add`), every buffer allocated once::
+
+        dh[chunk] = dlogits @ W        in ``dh_dtype`` (default: the input's)
+        dW       += dlogits.T @ h_c    float32 for half-precision weights
+        db       += dlogits.sum(0)     likewise
+
+    A half-precision ``dW`` product is taken in float32 from float32 copies of the chunk (a
+    float16/bfloat16 ``addmm_`` would round every partial sum); a ``dh`` kept in a wider
+    dtype than the input's (the distributed op sums it over the ranks first) is the
+    product rounded as ``F.linear``'s backward rounds it, then widened.
+    """
+
+    def __init__(self, h, w, chunk, need_dh, need_dw, need_db, dh_dtype=None):
+        rows, features = h.shape
+        n = min(chunk, rows)
+        self.h, self.w = h, w
+        self.acc = _accumulate_dtype(w.dtype)
+        self.dh = (torch.empty((rows, features), dtype=dh_dtype or h.dtype, device=h.device)
+                   if need_dh else h.new_empty((0,)))
+        self.dw = (torch.zeros(w.shape, dtype=self.acc, device=w.device) if need_dw
+                   else w.new_empty((0,)))
+        self.db = (torch.zeros((w.shape[0],), dtype=self.acc, device=w.device) if need_db
+                   else w.new_empty((0,)))
+        self.need = (need_dh, need_dw, need_db)
+        self.dh_chunk = (torch.empty((n, features), dtype=h.dtype, device=h.device)
+                         if need_dh and self.dh.dtype != h.dtype else None)
+        self.widen = need_dw and self.acc != h.dtype
+        if self.widen:
+            self.g_acc = torch.empty((n, w.shape[0]), dtype=self.acc, device=h.device)
+            self.h_acc = torch.empty((n, features), dtype=self.acc, device=h.device)
+
+    def add(self, start, stop, g):
+        """Add the chunk ``h[start:stop]``'s gradient ``g = d logits`` ``(stop - start, V)``."""
+        need_dh, need_dw, need_db = self.need
+        n = stop - start
+        hc = self.h[start:stop]
+        if need_dh:
+            if self.dh_chunk is None:
+                torch.mm(g, self.w, out=self.dh[start:stop])
+            else:
+                torch.mm(g, self.w, out=self.dh_chunk[:n])
+                self.dh[start:stop].copy_(self.dh_chunk[:n])
+        if need_dw:
+            if self.widen:
+                self.g_acc[:n].copy_(g)
+                self.h_acc[:n].copy_(hc)
+                self.dw.addmm_(self.g_acc[:n].t(), self.h_acc[:n])
+            else:
+                self.dw.addmm_(g.t(), hc)
+        if need_db:
+            self.db += g.sum(dim=0, dtype=self.acc)
+
+
 def _chunked(h, w, b, target, weight, grad_output, reduction, params, chunk, impl, need_dh,
              need_dw, need_db, target_shape, classes):
     """The chunked pass over ``h (N, D)`` and ``w (S*C, D)``: each input row gives ``S`` rows
@@ -108,8 +179,7 @@ def _chunked(h, w, b, target, weight, grad_output, reduction, params, chunk, imp
     None: gradients for an upstream gradient of 1 on the reduced loss; else the per-row
     upstream gradient (for ``'none'``, one per loss row)."""
     rows, _ = h.shape
-    vocab = w.shape[0]
-    spatial = vocab // classes
+    spatial = w.shape[0] // classes
     want_grad = need_dh or need_dw or need_db
     cd = compute_dtype(h.dtype, target.dtype if params.probability else h.dtype)
     w_cls = weight.to(torch.float32 if impl == "triton" else cd) if weight is not None else None
@@ -120,43 +190,18 @@ def _chunked(h, w, b, target, weight, grad_output, reduction, params, chunk, imp
     if impl == "triton":
         scale = scale.float()
     run_rows = rows_executor(impl)
-    acc = _accumulate_dtype(w.dtype)
-    dh = torch.empty_like(h) if need_dh else h.new_empty((0,))
-    dw = torch.zeros(w.shape, dtype=acc, device=w.device) if need_dw else w.new_empty((0,))
-    db = (torch.zeros((vocab,), dtype=acc, device=w.device) if need_db
-          else w.new_empty((0,)))
+    grads = _HeadGradients(h, w, chunk, need_dh, need_dw, need_db)
     per_row = torch.empty((rows * spatial,), dtype=cd, device=h.device)
-    buffer = torch.empty((min(chunk, rows), vocab), dtype=h.dtype, device=h.device)
-    widen = need_dw and acc != h.dtype  # half precision: dW's product is taken in float32
-    if widen:  # float32 copies of each chunk, allocated once rather than per chunk
-        buffer_acc = torch.empty((min(chunk, rows), vocab), dtype=acc, device=h.device)
-        h_acc = torch.empty((min(chunk, rows), h.shape[1]), dtype=acc, device=h.device)
-    for start in range(0, rows, chunk):
-        stop = min(start + chunk, rows)
-        hc = h[start:stop]
-        logits = buffer[: stop - start]
-        torch.mm(hc, w.t(), out=logits)
-        if b is not None:
-            logits += b
+    for start, stop, logits in _logits_chunks(h, w, b, chunk):
         first, last = start * spatial, stop * spatial  # the chunk's rows of the loss
         row_scale = scale[first:last] if scale.ndim else scale
         loss_rows = logits.view(-1, classes)
         per_row[first:last] = run_rows(loss_rows, target[first:last], params, w_cls,
                                        row_scale if want_grad else None,
                                        loss_rows if want_grad else None)
-        if need_dh:
-            torch.mm(logits, w, out=dh[start:stop])
-        if need_dw:
-            if widen:
-                n = stop - start
-                buffer_acc[:n].copy_(logits)
-                h_acc[:n].copy_(hc)
-                dw.addmm_(buffer_acc[:n].t(), h_acc[:n])
-            else:
-                dw.addmm_(logits.t(), hc)
-        if need_db:
-            db += logits.sum(dim=0, dtype=acc)
-    return per_row, denominator, dh, dw, db
+        if want_grad:  # the gradient lies over the logits
+            grads.add(start, stop, logits)
+    return per_row, denominator, grads.dh, grads.dw, grads.db
 
 
 @torch.library.custom_op("crossent::linear_cross_entropy_chunked", mutates_args=())
