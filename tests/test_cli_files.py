@@ -60,6 +60,54 @@ def test_training_on_a_large_csv_stays_within_a_small_multiple_of_the_file(big_c
     assert peak - base < 2 * size, (peak - base) / size
 
 
+# Runs `crossent ARGS`, then writes the process's own peak resident memory to stderr:
+# VmHWM counts this program's memory alone (ru_maxrss of a child also keeps the high-water
+# mark of the test process it was forked from, which is larger once scikit-learn is loaded).
+_WITH_PEAK = """\
+import atexit, runpy, sys
+def peak():
+    with open("/proc/self/status") as fh:
+        kib = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
+    sys.stderr.write(f"\\npeak {kib}\\n")
+atexit.register(peak)
+runpy.run_module("crossent", run_name="__main__", alter_sys=True)
+"""
+
+
+def _own_peak_bytes(*args: str) -> int:
+    proc = subprocess.run([sys.executable, "-c", _WITH_PEAK, *args], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return int(proc.stderr.rsplit("peak ", 1)[1]) * 1024
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmHWM (Linux)")
+@pytest.mark.parametrize("command", ["evaluate"])
+def test_applying_a_model_to_a_large_csv_holds_one_copy_of_it(big_csv, tmp_path, command):
+    """``evaluate`` and ``predict`` turn the table they read into the feature matrix in place,
+    and ``predict`` streams its CSV out: the peak memory grows by what reading the file takes
+    (the float64 table and a chunk of pandas' parse: about 2.5 tables of 19 MiB here), not
+    also by a second copy of the features (3.4 tables) and the output held twice (5.2)."""
+    from crossent.classifier import SoftmaxRegression, save_model
+
+    rng = np.random.default_rng(2)
+    names = [f"x{j}" for j in range(20)]
+    model = tmp_path / "m.npz"
+    save_model(SoftmaxRegression().fit(rng.standard_normal((60, 20)), np.arange(60) % 3),
+               model, feature_names=names, metadata={"target": "label"})
+    small = tmp_path / "small.csv"
+    small.write_text(",".join(names + ["label"]) + "\n" + "".join(
+        ",".join(["0.5"] * 20) + f",{i % 3}\n" for i in range(60)))
+
+    def peak(data):
+        out = ["--out", str(tmp_path / f"{data.stem}.out")] if command == "predict" else []
+        return _own_peak_bytes(command, "--model", str(model), "--data", str(data), *out)
+
+    table = 120_000 * 21 * 8
+    grown = peak(big_csv) - peak(small)
+    assert grown < 3 * table, grown / table
+
+
 def test_a_large_file_shows_progress_and_the_summary_comes_before_training(big_csv):
     """On a terminal a bar counts the bytes read; the data summary is printed (and flushed)
     while the model still trains: here the run is interrupted after it, with Ctrl-C."""

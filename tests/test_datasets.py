@@ -315,6 +315,20 @@ def test_text_columns_must_exist(tmp_path):
         read_table(npz, text=["id"])
 
 
+def test_a_table_given_up_becomes_the_features_in_place(tmp_path):
+    """``load_file(table, consume=True)``: the features are the table's numeric block, not a
+    copy; the text columns (an id read as text) stay; without ``consume`` it is a copy."""
+    path = write(tmp_path, "d.csv", "key,a,b,y\n007,1.5,2,0\n008,3.5,4,1\n")
+    table = read_table(path, text=["key"])
+    copied = load_file(table, "y", feature_names=("a", "b"))
+    assert not np.shares_memory(copied.X, table.block) and "a" in table.columns
+    d = load_file(table, "y", feature_names=("a", "b"), consume=True)
+    assert np.shares_memory(d.X, table.block)
+    np.testing.assert_array_equal(d.X, [[1.5, 2.0], [3.5, 4.0]])
+    assert d.y.tolist() == [0, 1] and list(table.columns) == ["key"]
+    assert table.columns["key"].tolist() == ["007", "008"]
+
+
 def test_drop_leaves_columns_out(tmp_path):
     path = write(tmp_path, "d.csv", "a,b,c,y\n1,2,x,0\n4,5,z,1\n")
     d = load_file(path, drop=["c", "a"])

@@ -687,7 +687,7 @@ def identifier_reason(table: Table, name: str) -> str | None:
 def load_file(source: str | os.PathLike | Table, target: str | None = None, *,
               feature_names: tuple[str, ...] | None = None,
               require_target: bool = True, drop: Iterable[str] = (),
-              progress: ProgressCallback | None = None) -> Dataset:
+              progress: ProgressCallback | None = None, consume: bool = False) -> Dataset:
     """Load a data file (or a :class:`Table` already read) as a :class:`Dataset`.
 
     ``target`` names the label column; when it is None the default column is used (see
@@ -697,9 +697,13 @@ def load_file(source: str | os.PathLike | Table, target: str | None = None, *,
     every column but the target is a feature, by position.  Without ``feature_names``,
     every column but the target, the ``drop``-ped ones and identifier columns (see the
     module doc; listed in :attr:`Dataset.identifiers`) is a feature.
+
+    A file read here becomes the feature matrix in place (a CSV file's numeric block is not
+    copied); so does a :class:`Table` passed with ``consume=True``, whose numeric columns
+    are then gone (its text columns stay).
     """
     drop = tuple(drop)
-    owned = not isinstance(source, Table)  # read here: its columns may be freed as used
+    owned = not isinstance(source, Table)
     if owned:
         path = os.fspath(source)
         # a CSV file's dropped columns are never parsed; the others' are dropped once read
@@ -746,7 +750,7 @@ def load_file(source: str | os.PathLike | Table, target: str | None = None, *,
     for name in names:  # a text feature is likelier the real target: say so first
         _check_numeric(table, name)
     y = None if target_name is None else label_column(table, target_name)
-    X = _feature_matrix(table, names, consume=owned)
+    X = _feature_matrix(table, names, consume=owned or consume)
     return Dataset(X, y, names, target_name, table.source, identifiers,
                    None if target_name is None else table.kinds.get(target_name))
 
@@ -760,8 +764,10 @@ def _cannot_drop(name: str, by_default: bool) -> str:
 def _feature_matrix(table: Table, names: tuple[str, ...], consume: bool) -> np.ndarray:
     """The (n, d) float64 matrix of the columns ``names``, checked column by column.
 
-    With ``consume`` (a table read for this call alone) a CSV file's features become a view
-    of its numeric block, moved into place there: no second copy of the data.
+    With ``consume`` (the caller gives the table up) a CSV file's features become a view
+    of its numeric block, moved into place there: no second copy of the data.  The block's
+    columns are then taken out of ``table.columns`` (their views no longer hold what they
+    name); its text columns stay.
     """
     positions = [table.block_index.get(name) for name in names]
     if consume and table.block is not None and None not in positions \
@@ -770,7 +776,8 @@ def _feature_matrix(table: Table, names: tuple[str, ...], consume: bool) -> np.n
         for j, source in enumerate(positions):  # ascending: never overwrites a column unread
             if source != j:
                 block[:, j] = block[:, source]
-        table.columns.clear()  # the other views no longer hold what they name
+        for name in table.block_index:
+            table.columns.pop(name, None)
         return block[:, :len(names)]
     check_memory(table.n_rows * len(names) * 8, f"the feature matrix of {table.source}")
     X = np.empty((table.n_rows, len(names)), order="F")

@@ -59,7 +59,9 @@ def load(args: argparse.Namespace, arrays: dict, meta: dict, *, require_target: 
             raise DataError(
                 f"{args.data} has no label column: the model's is "
                 f"{meta.get('target')!r}; name the file's with --target")
-    data = load_file(table, target, feature_names=names, require_target=require_target)
+    # the table is not needed beyond its text columns: its numeric block becomes the features
+    data = load_file(table, target, feature_names=names, require_target=require_target,
+                     consume=True)
     n_features = arrays["coef"].shape[1]
     if data.n_features != n_features:
         raise common.UsageError(
