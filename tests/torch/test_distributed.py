@@ -22,6 +22,7 @@ from shard_cases import (  # noqa: E402
 
 import crossent.torch as ct  # noqa: E402
 from crossent.torch.distributed import (  # noqa: E402
+    global_mean_scale,
     vocab_parallel_cross_entropy,
     vocab_parallel_linear_cross_entropy,
 )
@@ -595,9 +596,46 @@ def test_errors():
                                      combine=lambda s: s[:, :1])
     with pytest.raises(RuntimeError, match="torch.distributed is not initialized"):
         vocab_parallel_cross_entropy(x, y)
+    with pytest.raises(ValueError, match=r"not both: got group=<object object at .*> and "
+                                         r"combine=<function"):
+        vocab_parallel_cross_entropy(x, y, group=object(), vocab_start=0, num_classes=4, **one)
     with pytest.raises(ValueError, match="all_reduce"):
         vocab_parallel_linear_cross_entropy(x.requires_grad_(), torch.randn(5, 4), y,
                                             vocab_start=0, num_classes=5, **one)
+
+
+def test_global_mean_scale_errors_name_the_argument():
+    """Every argument is checked before any collective, with the argument, what was expected
+    and what arrived (no process group is needed to see them)."""
+    y = torch.tensor([0, 1, -100, 3])
+    w = torch.ones(4)
+    cases = [
+        (dict(targets=5), TypeError, "targets must be a tensor or a sequence of tensors, got int"),
+        (dict(targets=[]), ValueError, "non-empty sequence of tensors, got an empty sequence"),
+        (dict(targets=[y, [1, 2]]), TypeError, "targets\\[1\\] must be a torch.Tensor, got list"),
+        (dict(targets=y > 0), TypeError, "targets must hold integer class indices or "
+                                         "floating-point class probabilities, got dtype bool"),
+        (dict(targets=y, weight=[1.0] * 4), TypeError, "weight must be a torch.Tensor, got list"),
+        (dict(targets=y, weight=torch.ones(4, dtype=torch.int64)), TypeError,
+         "weight must be a floating-point tensor, got dtype int64"),
+        (dict(targets=y, weight=torch.ones(2, 2)), ValueError,
+         "weight must have shape \\(C,\\), the loss's class weights, got shape \\(2, 2\\)"),
+        (dict(targets=[y, torch.tensor([[1, 7]])], weight=w), IndexError,
+         "targets\\[1\\]: target\\[0, 1\\] = 7 is out of range: expected a class index in "
+         "\\[0, 3\\] or ignore_index \\(-100\\)"),
+        (dict(targets=y, average_gradients=1), TypeError, "average_gradients must be a bool, got 1"),
+        (dict(targets=y, dtype=torch.int32), TypeError,
+         "dtype must be a floating-point torch.dtype, got torch.int32"),
+        (dict(targets=y, dtype="float32"), TypeError,
+         "dtype must be a floating-point torch.dtype, got 'float32'"),
+        (dict(targets=y, ignore_index=1.5), TypeError, "ignore_index"),
+    ]
+    for kw, error, message in cases:
+        with pytest.raises(error, match=message):
+            global_mean_scale(kw.pop("targets"), **kw)
+    # valid arguments reach the group (none here)
+    with pytest.raises(RuntimeError, match="torch.distributed is not initialized"):
+        global_mean_scale([y, torch.rand(2, 3, 4)], weight=w)
 
 
 # --------------------------------------------------------------------------------------------

@@ -238,6 +238,40 @@ def test_dtensor_sequence_parallel_linear_op():
         assert bwd.get("reduce_scatter_tensor") == 1 and "all_reduce" not in bwd
 
 
+def test_dtensor_linear_op_none_keeps_the_global_shape_of_uneven_rows():
+    """reduction='none' of the linear op is a DTensor of the global loss shape, also when the
+    rows split unevenly over 'dp' (7 rows over 2 ranks: its shape cannot be inferred from one
+    rank's piece); a DTensor target on another mesh is refused, naming both meshes."""
+    g = torch.Generator().manual_seed(9)
+    h = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    W = torch.randn(C, 5, generator=g, dtype=torch.float64)
+    y = torch.randint(0, C, (7,), generator=g)
+
+    def rank_fn(rank):
+        mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp"))
+        hd = distribute_tensor(h, mesh, [Shard(0), Replicate()])
+        Wd = distribute_tensor(W, mesh, [Replicate(), Shard(0)])
+        yd = distribute_tensor(y, mesh, [Shard(0), Replicate()])
+        loss = vocab_parallel_linear_cross_entropy(hd, Wd, yd, reduction="none",
+                                                   label_smoothing=0.1)
+        flat = init_device_mesh("cpu", (4,))
+        xd = distribute_tensor(h @ W.T, mesh, [Shard(0), Shard(1)])
+        try:
+            vocab_parallel_cross_entropy(xd, distribute_tensor(y, flat, [Replicate()]))
+            refusal = None
+        except ValueError as error:
+            refusal = str(error)
+        return tuple(loss.shape), tuple(loss.stride()), loss.full_tensor(), refusal
+
+    results = run_threaded_group(4, rank_fn)
+    expected = F.cross_entropy(h @ W.T, y, reduction="none", label_smoothing=0.1)
+    for shape, stride, loss, refusal in results:
+        assert shape == (7,) and stride == (1,)
+        torch.testing.assert_close(loss, expected, rtol=1e-13, atol=1e-13)
+        assert refusal.startswith("target must be on the logits' device mesh DeviceMesh(")
+        assert ", got DeviceMesh(" in refusal
+
+
 def _none_ref(x, y, kw):
     xx = x.clone().requires_grad_()
     loss = F.cross_entropy(xx, y, reduction="none", **kw)

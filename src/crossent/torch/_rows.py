@@ -60,11 +60,12 @@ def check_class_indices(target: torch.Tensor, num_classes: int, ignore_index: in
     """Every index is a class in ``[0, num_classes)`` or ``ignore_index``.
 
     On CPU a bad index raises ``IndexError`` naming its value and its position in
-    ``target_shape`` (the shape the user passed).  On other devices the check is an
-    asynchronous device assertion (no host synchronisation), as PyTorch's own CUDA kernels do.
+    ``target_shape`` (the shape the user passed).  On other devices, and while
+    ``torch.compile`` traces (reading a value on the host would break the graph), the check
+    is an asynchronous device assertion, as PyTorch's own CUDA kernels make.
     """
     bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index)
-    if target.device.type == "cpu":
+    if target.device.type == "cpu" and not torch.compiler.is_compiling():
         if bool(bad.any()):
             pos = np.unravel_index(int(bad.reshape(-1).nonzero()[0, 0]), target_shape)
             raise IndexError(out_of_range_message(int(target.reshape(target_shape)[pos]),

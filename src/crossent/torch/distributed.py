@@ -48,7 +48,7 @@ from . import _shard
 from ._impl import resolve_impl
 from ._ops import _new_gradient
 from ._params import CrossEntropyParams
-from ._rows import check_targets_and_scale, mean_denominator
+from ._rows import check_class_indices, check_targets_and_scale, mean_denominator
 from .linear import _accumulate_dtype, _HeadGradients, _logits_chunks, rows_per_chunk
 
 __all__ = [
@@ -163,7 +163,8 @@ def _make_exchange(combine: Any, group: Group) -> tuple[_Exchange, int | None, i
     """The exchange, and this rank's ``(size, rank)`` in its group (None when injected)."""
     if callable(combine):
         if group is not None:
-            raise ValueError("pass either group=... or a combine callable, not both")
+            raise ValueError(f"pass either group=... or a combine callable, not both: got "
+                             f"group={group!r} and combine={combine!r}")
         return _Exchange("injected", injected=combine), None, None
     if not isinstance(combine, str) or combine not in COMBINES:
         raise ValueError(f"combine must be one of {', '.join(map(repr, COMBINES))} or a "
@@ -975,7 +976,8 @@ def _local_rows(t, mesh, placements, name):
     if t is None or not _is_dtensor(t):
         return t
     if t.device_mesh != mesh:
-        raise ValueError(f"{name} must be on the logits' device mesh")
+        raise ValueError(f"{name} must be on the logits' device mesh {mesh}, got "
+                         f"{t.device_mesh}")
     if tuple(t.placements) != tuple(placements):
         raise ValueError(f"{name} must have placements {tuple(placements)}, got "
                          f"{tuple(t.placements)}")
@@ -1038,7 +1040,7 @@ def _dtensor_cross_entropy(logits, target, *, group, vocab_start, num_classes, w
     weight = _full_weight(weight)
     total = logits.shape[-1]
     if num_classes is None:
-        num_classes = weight.shape[0] if weight is not None else total
+        num_classes = weight.shape[0] if weight is not None and weight.ndim == 1 else total
     mean_over_batch = reduction == "mean" and batch_dims
     loss = vocab_parallel_cross_entropy(
         local, local_target, group=mesh.get_group(tp_dim), vocab_start=offset[class_dim],
@@ -1084,7 +1086,8 @@ def _dtensor_linear_cross_entropy(input, linear_weight, target, *, group, linear
         b_local = linear_bias.to_local(grad_placements=grad_placements)
     if _is_dtensor(input):
         if input.device_mesh != mesh:
-            raise ValueError("input must be on linear_weight's device mesh")
+            raise ValueError(f"input must be on linear_weight's device mesh {mesh}, got "
+                             f"{input.device_mesh}")
         tp_input = in_placements[tp_dim]
         if tp_input.is_shard():
             if tp_input.dim != 0:
@@ -1103,7 +1106,8 @@ def _dtensor_linear_cross_entropy(input, linear_weight, target, *, group, linear
     target_local = target.to_local() if _is_dtensor(target) else target
     weight = _full_weight(weight)
     if num_classes is None:
-        num_classes = weight.shape[0] if weight is not None else linear_weight.shape[0]
+        num_classes = weight.shape[0] if weight is not None and weight.ndim == 1 \
+            else linear_weight.shape[0]
     mean_over_batch = reduction == "mean" and batch_dims
     loss = vocab_parallel_linear_cross_entropy(
         h_local, w_local, target_local, group=mesh.get_group(tp_dim), linear_bias=b_local,
@@ -1113,11 +1117,10 @@ def _dtensor_linear_cross_entropy(input, linear_weight, target, *, group, linear
         probability = target_local.ndim == h_local.ndim
         loss = loss / _global_denominator(target_local, kw.get("ignore_index", -100), weight,
                                           probability, mesh, batch_dims, loss.dtype)
-    if reduction == "none":
-        out_placements = [dtensor.Replicate() if i == tp_dim else p
-                          for i, p in enumerate(in_placements)]
-        return dtensor.DTensor.from_local(loss, mesh, out_placements)
-    return _dtensor_output(loss, reduction, mesh, tp_dim, in_placements, (), batch_dims)
+    # the loss per row of the global input (a plain input is the same on every rank)
+    global_shape = tuple(input.shape[:-1]) if _is_dtensor(input) else tuple(loss.shape)
+    return _dtensor_output(loss, reduction, mesh, tp_dim, in_placements, global_shape,
+                           batch_dims)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1159,7 +1162,8 @@ def global_mean_scale(
             counted as ``prod(shape[:-1])`` elements).
         group: the data-parallel group (a ``ProcessGroup`` or a 1-D ``DeviceMesh``); None:
             the default group (``torch.distributed`` must be initialized).
-        weight: the ``(C,)`` class weights the loss uses, so that ``w[y]`` is counted.
+        weight: the ``(C,)`` class weights the loss uses, so that ``w[y]`` is counted
+            (class indices are then checked to lie in ``[0, C)`` or be ``ignore_index``).
         ignore_index: the class index the loss ignores (not counted).
         average_gradients: the gradients are averaged over ``group`` (DDP, FSDP): ``k`` is
             its size; False: ``k = 1``.
@@ -1171,25 +1175,67 @@ def global_mean_scale(
             group of one rank with no weight it is ``1 / (number of non-ignored targets)``
             (the distributed page of the docs runs this).
     """
-    if isinstance(targets, torch.Tensor):
-        targets = [targets]
-    targets = list(targets)
-    if not targets:
-        raise ValueError("targets must be a tensor or a non-empty sequence of tensors")
-    for i, t in enumerate(targets):
-        contract.check_tensor(t, f"targets[{i}]")
+    named = _check_mean_targets(targets)
     ignore_index = sem.check_ignore_index(ignore_index)
-    device = targets[0].device
+    if not isinstance(average_gradients, bool):
+        raise TypeError(f"average_gradients must be a bool, got {average_gradients!r}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
+    device = named[0][1].device
     # float64 on the way: token counts beyond 2**24 stay exact
     acc = torch.float64 if device.type != "mps" else torch.float32
-    w = weight.detach().to(device, acc) if weight is not None else None
+    w = _full_weight(weight)
+    if w is not None:
+        if not w.is_floating_point():
+            raise sem.ArgumentTypeError(
+                f"weight must be a floating-point tensor, got dtype {contract.dtype_name(w)}")
+        if w.ndim != 1:
+            raise sem.ArgumentError(f"weight must have shape (C,), the loss's class weights, "
+                                    f"got shape {tuple(w.shape)}")
+        w = w.detach().to(device, acc)
     local = torch.zeros((), dtype=acc, device=device)
-    for t in targets:
+    for name, t in named:
         probability = t.is_floating_point()
-        local = local + mean_denominator(_denominator_rows(t, probability),
-                                         CrossEntropyParams(probability, ignore_index), w, acc)
+        rows = _denominator_rows(t, probability)
+        if w is not None and not probability:  # w[y] reads only classes that exist
+            try:
+                rows = contract.index_target_as_int64(rows, w.shape[0], ignore_index,
+                                                      tuple(t.shape))
+                check_class_indices(rows, w.shape[0], ignore_index, tuple(t.shape))
+            except IndexError as error:
+                raise IndexError(f"{name}: {error}") from None
+        local = local + mean_denominator(rows, CrossEntropyParams(probability, ignore_index),
+                                         w, acc)
     group = _require_group(group)
     size, _ = _group_size_and_rank(group)
     total = funcol.all_reduce(local, "sum", group) if size > 1 else local
     k = size if average_gradients else 1
     return (k / total).to(dtype)
+
+
+def _check_mean_targets(targets) -> list[tuple[str, torch.Tensor]]:
+    """``global_mean_scale``'s targets as ``(name, tensor)`` pairs, each checked."""
+    if isinstance(targets, torch.Tensor):
+        named = [("targets", targets)]
+    else:
+        if isinstance(targets, (str, bytes)) or not hasattr(targets, "__iter__"):
+            raise TypeError(f"targets must be a tensor or a sequence of tensors, got "
+                            f"{type(targets).__name__}")
+        named = [(f"targets[{i}]", t) for i, t in enumerate(targets)]
+    if not named:
+        raise ValueError("targets must be a tensor or a non-empty sequence of tensors, got an "
+                         "empty sequence")
+    device = None
+    for name, t in named:
+        contract.check_tensor(t, name)
+        if t.is_complex() or t.dtype == torch.bool:
+            raise sem.ArgumentTypeError(
+                f"{name} must hold integer class indices or floating-point class "
+                f"probabilities, got dtype {contract.dtype_name(t)}")
+        if t.is_floating_point():
+            contract.check_float_dtype(t, name, "class probabilities")
+        device = t.device if device is None else device
+        if t.device != device:
+            raise sem.ArgumentError(f"{name} must be on the device of the first target "
+                                    f"({device}), got {t.device}")
+    return named
