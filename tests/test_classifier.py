@@ -456,6 +456,22 @@ def test_save_load_round_trip_gives_identical_predictions(tmp_path, digits_split
     assert loaded.get_params() == model.get_params()
 
 
+def test_build_model_from_the_arrays_read(tmp_path, small_problem):
+    """``load_model`` is ``read_model_file`` (NumPy only) then ``build_model`` on its arrays,
+    which the command line calls apart so that the file is read once."""
+    from crossent._model_file import read_model_file
+    from crossent.classifier import build_model
+
+    X, y = small_problem
+    path = tmp_path / "m.npz"
+    save_model(SoftmaxRegression().fit(X, y), path)
+    arrays, meta = read_model_file(path)
+    built = build_model(arrays, meta)
+    loaded, _ = load_model(path)
+    np.testing.assert_array_equal(built.predict_proba(X), loaded.predict_proba(X))
+    assert built.coef_ is arrays["coef"] and built.get_params() == loaded.get_params()
+
+
 def test_load_refuses_other_files(tmp_path):
     bad = tmp_path / "not-a-model.npz"
     np.savez(bad, coef=np.zeros((3, 2)))

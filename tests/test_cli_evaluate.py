@@ -120,3 +120,30 @@ def test_nan_feature(files):
     path.write_text("\n".join(text) + "\n")
     assert_usage_error(crossent("evaluate", "--model", str(files["model"]), "--data",
                                 str(path)), "feature column 'pixel_0_0' holds nan on line 3")
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_the_model_file_is_read_once_and_labels_mapped_once(files, monkeypatch, capsys,
+                                                            command):
+    """The arrays checked before scikit-learn is loaded are the ones the model is built from
+    (``classifier.build_model``): one read of the file; the labels are mapped once."""
+    import crossent.datasets as datasets
+    from crossent.cli import _common as common
+    from crossent.cli import main
+
+    calls = {"read_npz": 0, "label_indices": 0}
+
+    def counting(name, function):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(datasets, "read_npz", counting("read_npz", datasets.read_npz))
+    monkeypatch.setattr(common, "label_indices",
+                        counting("label_indices", common.label_indices))
+    assert main([command, "--model", str(files["model"]), "--data", str(files["test"])]) == 0
+    out = capsys.readouterr().out
+    assert "(360 rows, 10 classes)" in out if command == "evaluate" else \
+        len(out.splitlines()) == 361
+    assert calls == {"read_npz": 1, "label_indices": int(command == "evaluate")}

@@ -742,6 +742,13 @@ def load_model(file: Any) -> tuple[Any, dict]:
     (see :func:`crossent._model_file.read_model_file`).
     """
     arrays, meta = read_model_file(file)
+    return build_model(arrays, meta), meta
+
+
+def build_model(arrays: dict[str, np.ndarray], meta: dict) -> Any:
+    """The model of a file that :func:`crossent._model_file.read_model_file` has read and
+    checked (``arrays``, ``meta``): what :func:`load_model` returns first, for a caller that
+    looks at the arrays before scikit-learn is needed, without reading the file again."""
     params = {p: v for p, v in meta.get("params", {}).items() if p in _PARAMS}
     model = SoftmaxRegression(**params)
     try:
@@ -762,7 +769,7 @@ def load_model(file: Any) -> tuple[Any, dict]:
     if not meta["standardize"]:
         if names_in is not None:
             model.feature_names_in_ = names_in
-        return model, meta
+        return model
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
@@ -774,4 +781,4 @@ def load_model(file: Any) -> tuple[Any, dict]:
     scaler.n_samples_seen_ = train_rows if isinstance(train_rows, int) else 0
     if names_in is not None:
         scaler.feature_names_in_ = names_in
-    return make_pipeline(scaler, model), meta
+    return make_pipeline(scaler, model)

@@ -34,22 +34,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def load(args: argparse.Namespace, arrays: dict, meta: dict, *, require_target: bool,
-         text: tuple[str, ...] = ()):
-    """The model (``arrays`` and ``meta`` as :func:`read_model_file` read them from
-    ``--model``), the data file matched up with it, and the table it was read from (shared
-    with ``crossent predict``; ``text`` names columns to read as text: the id column).
+         id_column: str | None = None):
+    """The data file matched up with the model (``arrays`` and ``meta`` as
+    :func:`read_model_file` read them from ``--model``): ``(dataset, labels as class
+    indices or None, ids or None)``, shared with ``crossent predict``, whose ``id_column``
+    is read as text (as written) and returned beside the data.
 
     The label column is ``--target``, else the column the model was trained on, else (for
     evaluation) the file's default label column, unless that is one of the model's features.
-    A model trained on standardised features standardises these too (it is a pipeline).
-    Everything about the files is checked before scikit-learn is loaded, so that a mistake
-    is reported at once.
+    Everything about the files is checked here, before scikit-learn is loaded (by
+    :func:`crossent.classifier.build_model`), so that a mistake is reported at once.
     """
     from ..datasets import DataError, default_target, load_file, read_table
 
     names = tuple(meta["feature_names"]) if meta.get("feature_names") else None
     with common.reading_progress(args.data) as progress:
-        table = read_table(args.data, text=text, progress=progress)
+        table = read_table(args.data, text=(id_column,) if id_column else (),
+                           progress=progress)
     target = args.target
     if target is None and meta.get("target") in table.columns:
         target = meta["target"]
@@ -67,24 +68,21 @@ def load(args: argparse.Namespace, arrays: dict, meta: dict, *, require_target: 
         raise common.UsageError(
             f"{args.data} has {data.n_features} feature columns but the model "
             f"{args.model} was trained on {n_features}")
-    if require_target:
-        common.label_indices(arrays["classes"], data.y, args.data)
-    from ..classifier import load_model
-
-    model, _ = load_model(args.model)
-    return model, data, table
+    y = common.label_indices(arrays["classes"], data.y, args.data) if require_target else None
+    ids = None if id_column is None else table.columns[id_column]
+    return data, y, ids
 
 
 def run(args: argparse.Namespace) -> int:
+    from .._model_file import read_model_file
+    from ..classifier import build_model
     from ..metrics import accuracy, confusion_matrix, log_loss, precision_recall
 
     if common.same_path(args.model, args.data):
         raise common.UsageError(f"--model and --data name the same file ({args.data})")
-    from .._model_file import read_model_file
-
     arrays, meta = read_model_file(args.model)
-    model, data, _ = load(args, arrays, meta, require_target=True)
-    y = common.label_indices(model, data.y, args.data)
+    data, y, _ = load(args, arrays, meta, require_target=True)
+    model = build_model(arrays, meta)
     proba = model.predict_proba(data.X)
     predicted = np.argmax(proba, axis=1)
     classes = [str(c) for c in model.classes_]

@@ -91,15 +91,16 @@ def _id_column(args: argparse.Namespace, meta: dict) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     from .._model_file import read_model_file
+    from ..classifier import build_model
     from .evaluate import load
 
     inputs = [("--data", args.data), ("--model", args.model)]
     common.check_output(args.out, args.force, "--out", inputs)
     arrays, meta = read_model_file(args.model)
     id_column = _id_column(args, meta)
-    model, data, table = load(args, arrays, meta, require_target=False,
-                              text=(id_column,) if id_column else ())
-    ids = None if id_column is None else (id_column, table.columns[id_column])
+    data, _, id_values = load(args, arrays, meta, require_target=False, id_column=id_column)
+    model = build_model(arrays, meta)
+    ids = None if id_column is None else (id_column, id_values)
     text = predictions_csv(model, data.X, ids)
     if args.out is None:
         sys.stdout.write(text)
