@@ -375,7 +375,8 @@ def test_converged_only_when_the_gradient_says_so(small_problem):
     from sklearn.datasets import load_wine
 
     X_wine, y_wine = load_wine(return_X_y=True)
-    creeping = SoftmaxRegression(solver="sgd", random_state=0).fit(X_wine, y_wine)
+    with pytest.warns(ConvergenceWarning, match="the objective stopped improving after"):
+        creeping = SoftmaxRegression(solver="sgd", random_state=0).fit(X_wine, y_wine)
     assert creeping.n_iter_ < creeping.max_iter and creeping.learning_rate_ < 1e-6
     assert not creeping.converged_ and creeping.max_abs_gradient_ > 1e4 * creeping.tol
     assert creeping.score(X_wine, y_wine) < 0.8
@@ -384,6 +385,28 @@ def test_converged_only_when_the_gradient_says_so(small_problem):
                               ).fit(X, y)
     assert loose.converged_ and loose.max_abs_gradient_ <= 0.02
     assert not SoftmaxRegression(tol=None, max_iter=5).fit(X, y).converged_
+
+
+@pytest.mark.parametrize(("params", "warning"), [
+    # every epoch run, yet the gradient is within tol: converged, no warning
+    (dict(max_iter=3, tol=0.05, n_iter_no_change=100), None),
+    # every epoch run and the gradient above tol
+    (dict(max_iter=3, tol=1e-6, n_iter_no_change=100), "did not converge after 3 epochs"),
+    # a plateau (2 epochs without a better objective) with the gradient above tol
+    (dict(max_iter=200, tol=1e-3, n_iter_no_change=2, learning_rate=1e-6),
+     "the objective stopped improving after 3 epochs"),
+])
+def test_sgd_warns_exactly_when_it_has_not_converged(small_problem, params, warning):
+    X, y = small_problem
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        model = SoftmaxRegression(solver="sgd", random_state=0, **params).fit(X, y)
+    notes = [str(w.message) for w in caught if w.category is ConvergenceWarning]
+    assert model.converged_ is (warning is None)
+    assert (model.max_abs_gradient_ <= model.tol) is model.converged_
+    assert len(notes) == (0 if warning is None else 1), notes
+    if warning is not None:
+        assert warning in notes[0] and f"{model.max_abs_gradient_:.2g}" in notes[0]
 
 
 def test_divergence_is_a_clear_error(digits_split):

@@ -304,7 +304,8 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         or no relative decrease of the objective beyond ``64 * eps``).  Always False with
         ``tol=None``.  A plateau of ``sgd``'s objective is not enough: minibatch noise, or a
         very small step on unscaled features, stops the objective from improving long before
-        the optimum.
+        the optimum.  With a ``tol``, ``fit`` issues a ``ConvergenceWarning`` exactly when
+        this is False.
 
     Notes
     -----
@@ -511,9 +512,9 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
     def _fit_gd(self, objective, W, b, callback):
         lr, beta = self._step_size(objective), float(self.momentum)
         vW, vb = np.zeros_like(W), np.zeros_like(b)
-        value, gW, gb = objective.value_and_grad(W, b)
-        converged = self.tol is not None and max(np.abs(gW).max(), np.abs(gb).max()) <= self.tol
-        while not converged and self.n_iter_ < self.max_iter:
+        _, gW, gb = objective.value_and_grad(W, b)
+        largest = _largest(gW, gb)
+        while not self._within_tol(largest) and self.n_iter_ < self.max_iter:
             vW *= beta
             vW -= lr * gW
             vb *= beta
@@ -523,13 +524,18 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             if not np.isfinite(value):
                 raise TrainingDiverged(_diverged(self, "gd"))
             self._after_iteration(W, b, value, callback)
-            converged = (self.tol is not None
-                         and max(np.abs(gW).max(), np.abs(gb).max()) <= self.tol)
+            largest = _largest(gW, gb)
+        converged = self._within_tol(largest)
         if not converged and self.tol is not None:
             warnings.warn(f"gd did not converge after {self.n_iter_} iterations (largest "
                           f"gradient entry still above tol={self.tol}); raise max_iter",
                           ConvergenceWarning, stacklevel=3)
-        return W, b, _largest(gW, gb), converged
+        return W, b, largest, converged
+
+    def _within_tol(self, largest):
+        """The convergence criterion of gd and sgd: every entry of the full gradient is at
+        most ``tol`` (never met with ``tol=None``)."""
+        return self.tol is not None and largest <= self.tol
 
     def _fit_sgd(self, objective, W, b, callback):
         lr, beta = self._step_size(objective), float(self.momentum)
@@ -537,8 +543,8 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         n = objective.X.shape[0]
         batch = min(int(self.batch_size), n)
         vW, vb = np.zeros_like(W), np.zeros_like(b)
-        best, stalled = np.inf, 0
-        while self.n_iter_ < self.max_iter:
+        best, stalled, plateau = np.inf, 0, False
+        while self.n_iter_ < self.max_iter and not plateau:
             order = rng.permutation(n)
             for start in range(0, n, batch):
                 rows = np.sort(order[start:start + batch])
@@ -558,19 +564,24 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             if self.tol is not None:
                 stalled = stalled + 1 if value > best - self.tol else 0
                 best = min(best, value)
-                if stalled >= self.n_iter_no_change:
-                    break
-        else:
-            if self.tol is not None:
-                warnings.warn(f"sgd did not converge after {self.n_iter_} epochs (the "
-                              f"objective still improved by more than tol={self.tol}); raise "
-                              "max_iter", ConvergenceWarning, stacklevel=3)
+                plateau = stalled >= self.n_iter_no_change
         # A plateau of the objective is where sgd stops, not a proof of convergence (tiny
         # steps make a plateau too): convergence is judged by the full-batch gradient, as
-        # for gd and lbfgs.
+        # for gd, and the warning says so exactly when converged_ is False.
         _, gW, gb = objective.value_and_grad(W, b)
         largest = _largest(gW, gb)
-        return W, b, largest, self.tol is not None and largest <= self.tol
+        converged = self._within_tol(largest)
+        if not converged and self.tol is not None:
+            measured = f"the largest gradient entry, {largest:.2g}, is above tol={self.tol}"
+            if plateau:
+                message = (f"sgd did not converge: the objective stopped improving after "
+                           f"{self.n_iter_} epochs, but {measured}; lower learning_rate or "
+                           "scale the features")
+            else:
+                message = (f"sgd did not converge after {self.n_iter_} epochs ({measured}); "
+                           "raise max_iter")
+            warnings.warn(message, ConvergenceWarning, stacklevel=3)
+        return W, b, largest, converged
 
     # -- predict -----------------------------------------------------------------------------
 
