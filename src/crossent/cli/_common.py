@@ -254,20 +254,26 @@ def standardize(train: Any, test: Any) -> Any:
     return scaler
 
 
-def split(data: Any, test_size: float, seed: int) -> tuple[Any, Any]:
+def split(data: Any, test_size: float, seed: int) -> tuple[Any, Any, np.ndarray, Any]:
+    """``(train, test, y_train, y_test)``: the rows split as scikit-learn splits them, and
+    their labels as indices into the training rows' sorted classes (the model's
+    ``classes_``), which the metrics take; ``test`` and ``y_test`` are None without a test
+    set."""
     from ..datasets import DataError, train_test_split
 
     train, test = train_test_split(data, test_size, seed)
-    if len(np.unique(train.y)) < 2:
+    classes, y_train = np.unique(train.y, return_inverse=True)
+    if len(classes) < 2:
         raise DataError(f"the training split holds only one class ({train.y[0]}); use more "
                         "data or a different --seed")
-    if test is not None:
-        unseen = np.setdiff1d(np.unique(test.y), np.unique(train.y))
-        if len(unseen):
-            raise DataError(f"class {unseen.tolist()[0]!r} appears only in the test split, so the "
-                            "model cannot learn it; use more data, a smaller --test-size or "
-                            "a different --seed")
-    return train, test
+    if test is None:
+        return train, None, y_train, None
+    unseen = ~np.isin(test.y, classes)
+    if unseen.any():
+        raise DataError(f"class {np.unique(test.y[unseen]).tolist()[0]!r} appears only in the "
+                        "test split, so the model cannot learn it; use more data, a smaller "
+                        "--test-size or a different --seed")
+    return train, test, y_train, np.searchsorted(classes, test.y)
 
 
 def release_features(data: Any) -> Any:
@@ -330,23 +336,23 @@ def progress(total: int, desc: str) -> Iterator[Any]:
 STANDARDIZE_HINT = "standardise the features (leave out --no-standardize)"
 
 
-def fit_with_curves(model: Any, train: Any, test: Any, *, track: bool, desc: str,
-                    label: str = "", standardized: bool = True
-                    ) -> tuple[Any, float, list[str]]:
-    """Fit ``model``; returns ``(curves, seconds, convergence warnings)``.
+def fit_with_curves(model: Any, train: Any, test: Any, y_train: np.ndarray, y_test: Any, *,
+                    track: bool, desc: str, label: str = "", standardized: bool = True
+                    ) -> tuple[Any, float]:
+    """Fit ``model``; returns ``(curves, seconds)``.
 
-    A fit that diverges is a :class:`UsageError` that names the command's ``--lr``.
+    A fit that diverges is a :class:`UsageError` that names the command's ``--lr``; a fit
+    that does not converge is no warning here (:func:`convergence` reports how it ended).
 
-    With ``track``, log loss and accuracy on the training and test sets are recorded after
-    every iteration (this costs a prediction pass per iteration, so it is off unless a plot
-    or a table needs it; the reported fit time excludes it).
+    With ``track``, log loss and accuracy on the training and test sets (labels ``y_train``
+    and ``y_test`` as class indices, see :func:`split`) are recorded after every iteration
+    (this costs a prediction pass per iteration, so it is off unless a plot or a table needs
+    it; the reported fit time excludes it).
     """
     from ..metrics import accuracy, log_loss
     from ..plots import LearningCurves
 
     curves = LearningCurves(label=label)
-    y_train = np.searchsorted(np.unique(train.y), train.y)
-    y_test = None if test is None else np.searchsorted(np.unique(train.y), test.y)
     tracking_time = 0.0
 
     with progress(model.max_iter, desc) as bar:
@@ -371,8 +377,8 @@ def fit_with_curves(model: Any, train: Any, test: Any, *, track: bool, desc: str
 
         from ..classifier import TrainingDiverged
 
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConvergenceWarning)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
             start = time.perf_counter()
             try:
                 model.fit(train.X, train.y, callback=callback)
@@ -382,8 +388,7 @@ def fit_with_curves(model: Any, train: Any, test: Any, *, track: bool, desc: str
                     f"learning rate of {model.learning_rate_:.3g}; lower --lr"
                     + ("" if standardized else f", or {STANDARDIZE_HINT}")) from None
             seconds = time.perf_counter() - start - tracking_time
-    notes = [str(w.message) for w in caught if issubclass(w.category, ConvergenceWarning)]
-    return curves, seconds, notes
+    return curves, seconds
 
 
 def convergence(model: Any, standardized: bool) -> str:

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         args.epochs = DEFAULT_EPOCHS
     data = common.load_training_data(args)
     summary = common.describe_data(data)
-    train, test = common.split(data, args.test_size, args.seed)
+    train, test, y_train, y_test = common.split(data, args.test_size, args.seed)
     data = common.release_features(data)
     if args.standardize:
         common.standardize(train, test)
@@ -65,8 +65,8 @@ def run(args: argparse.Namespace) -> int:
     runs = {}
     for loss, label in (("cross_entropy", "cross-entropy"), ("mse", "squared error")):
         model = make_model(args, loss=loss, tol=None)
-        curves, _, _ = common.fit_with_curves(
-            model, train, test, track=True, desc=label, label=label,
+        curves, _ = common.fit_with_curves(
+            model, train, test, y_train, y_test, track=True, desc=label, label=label,
             standardized=args.standardize)
         runs[loss] = (model, curves)
 

@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         raise common.UsageError("--out and --plot name the same file")
     data = common.load_training_data(args)
     summary = common.describe_data(data)
-    train, test = common.split(data, args.test_size, args.seed)
+    train, test, y_train, y_test = common.split(data, args.test_size, args.seed)
     data = common.release_features(data)
     scaler = common.standardize(train, test) if args.standardize else None
     model = make_model(args)
@@ -110,15 +110,13 @@ def run(args: argparse.Namespace) -> int:
           f"alpha {model.alpha:g}, {features}")
     common.flush()
 
-    curves, seconds, _ = common.fit_with_curves(
-        model, train, test, track=args.plot is not None, desc=f"train ({args.solver})",
-        standardized=scaler is not None)
-    y_train = common.label_indices(model, train.y, "the training data")
+    curves, seconds = common.fit_with_curves(
+        model, train, test, y_train, y_test, track=args.plot is not None,
+        desc=f"train ({args.solver})", standardized=scaler is not None)
     p_train = model.predict_proba(train.X)
     rows = [("train", common.fmt(log_loss(y_train, p_train)),
              common.fmt(accuracy(y_train, p_train)), train.n_samples)]
     if test is not None:
-        y_test = common.label_indices(model, test.y, "the test data")
         p_test = model.predict_proba(test.X)
         rows.append(("test", common.fmt(log_loss(y_test, p_test)),
                      common.fmt(accuracy(y_test, p_test)), test.n_samples))
