@@ -54,6 +54,26 @@ def test_numpy_only_install_still_explains_and_scores_npy_files(files):
     assert re.search(r"^log loss\s+0.2899", result.stdout, re.M)  # (-ln 0.8 - ln 0.7) / 2
 
 
+def test_score_needs_pandas_for_csv_files_only(files):
+    """An .npz file (the arrays of a data set: X and the labels y) is NumPy's too."""
+    np.savez(files / "d.npz", X=np.zeros((2, 2)), y=np.array([0, 1]))
+    result = crossent_without(OPTIONAL, "score", "p.npy", "d.npz", cwd=files)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^log loss\s+0.2899", result.stdout, re.M)
+    assert_usage_error(crossent_without(OPTIONAL, "score", "p.npy", "d.csv", cwd=files),
+                       f"pandas is not installed, and 'crossent score' needs it: {INSTALL}")
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_reading_progress_is_required_before_the_command_starts(files, command):
+    """evaluate and predict draw a bar while they read a large CSV file: tqdm is checked
+    before they start, as for train."""
+    result = crossent_without(("tqdm",), command, "--model", "m.npz", "--data", "d.csv",
+                              cwd=files)
+    assert_usage_error(result, f"tqdm is not installed, and 'crossent {command}' needs it: "
+                               f"{INSTALL}")
+
+
 def test_a_package_missing_deep_inside_is_named_too(files):
     """Only matplotlib missing: `train --plot` says so before training (not after)."""
     result = crossent_without(("matplotlib",), "train", "--data", "d.csv", "--plot", "c.png",

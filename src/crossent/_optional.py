@@ -1,10 +1,11 @@
 """Optional dependencies: which extra provides which package, and the error when one is missing.
 
 ``import crossent`` needs only NumPy.  Everything else comes with an extra (see
-``pyproject.toml``); code that needs an optional package imports it through
-:func:`require` or turns the ``ImportError`` of a plain import into
-:class:`MissingDependency` with :func:`missing`, so that the user reads which ``pip install``
-line fixes it instead of a bare ``No module named 'sklearn'``.
+``pyproject.toml``); code that needs an optional package checks it with :func:`require`
+(the command line, before a command starts), imports it with :func:`import_module`, or
+turns the ``ImportError`` of a plain import into :class:`MissingDependency` with
+:func:`missing`, so that the user reads which ``pip install`` line fixes it instead of a
+bare ``No module named 'sklearn'``.  :func:`not_installed` words that error, in one place.
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "pandas": ("pandas", "cli"),
     "tqdm": ("tqdm", "cli"),
     "torch": ("PyTorch", "torch"),
-    "triton": ("Triton", "triton"),
-    "transformers": ("transformers", "transformers"),
 }
 
 
@@ -44,24 +43,37 @@ def install_line(extra: str) -> str:
     return f'pip install "crossent[{extra}]"'
 
 
+def not_installed(package: str, feature: str, extra: str | None = None, *,
+                  command: bool = False) -> MissingDependency:
+    """The error for ``package`` (a key of :data:`PACKAGES`), which ``feature`` needs and
+    which is not installed; it names the extra to install (``extra``, else the package's
+    own).  Python code reads ``crossent.SoftmaxRegression needs SciPy, which is not
+    installed: ...``; a ``command`` (``feature`` is then ``'crossent train'``) reads
+    ``SciPy is not installed, and 'crossent train' needs it: ...``, the package first, as
+    the one line a command prints."""
+    known_as, own_extra = PACKAGES[package]
+    extra = extra or own_extra
+    if command:
+        message = f"{known_as} is not installed, and {feature} needs it: {install_line(extra)}"
+    else:
+        message = f"{feature} needs {known_as}, which is not installed: {install_line(extra)}"
+    return MissingDependency(message, package=package, extra=extra)
+
+
 def missing(exc: ImportError, feature: str, extra: str | None = None) -> ImportError:
     """The error to raise for ``exc``, the ImportError of importing an optional package.
 
     When ``exc`` is about a package crossent knows (``exc.name`` is ``sklearn.base``, say)
-    and that package is not installed, this is a :class:`MissingDependency` saying that
-    ``feature`` needs it and which extra to install (``extra``, else the package's own);
-    otherwise (an installed package that fails to import, a bug) ``exc`` itself, unchanged:
-    its own message is what helps then.
+    and that package is not installed, this is :func:`not_installed`'s error: ``feature``
+    needs it, and which extra installs it; otherwise (an installed package that fails to
+    import, a bug) ``exc`` itself, unchanged: its own message is what helps then.
     """
     if isinstance(exc, MissingDependency):
         return exc
     top = (exc.name or "").split(".")[0]
     if top not in PACKAGES or is_installed(top):
         return exc
-    known_as, own_extra = PACKAGES[top]
-    extra = extra or own_extra
-    return MissingDependency(f"{feature} needs {known_as}, which is not installed: "
-                             f"{install_line(extra)}", package=top, extra=extra)
+    return not_installed(top, feature, extra)
 
 
 def is_installed(package: str) -> bool:
@@ -72,16 +84,14 @@ def is_installed(package: str) -> bool:
         return False
 
 
-def require(packages: tuple[str, ...] | list[str], feature: str, extra: str | None = None
-            ) -> None:
-    """Raise :class:`MissingDependency` for the first of ``packages`` that is not installed
-    (checked without importing, so that a command fails before it starts working)."""
+def require(packages: tuple[str, ...] | list[str], feature: str, extra: str | None = None,
+            *, command: bool = False) -> None:
+    """Raise :func:`not_installed`'s error for the first of ``packages`` that is not
+    installed (checked without importing, so that a command fails before it starts
+    working)."""
     for package in packages:
         if not is_installed(package):
-            known_as, own_extra = PACKAGES[package]
-            extra_ = extra or own_extra
-            raise MissingDependency(f"{feature} needs {known_as}, which is not installed: "
-                                    f"{install_line(extra_)}", package=package, extra=extra_)
+            raise not_installed(package, feature, extra, command=command)
 
 
 def import_module(name: str, feature: str, extra: str | None = None) -> ModuleType:

@@ -1,10 +1,11 @@
 """The ``crossent`` command line: one module per sub-command, one error policy for all.
 
 Every sub-command module defines ``add_parser(subparsers)``, a ``run(args)`` that returns
-an exit status, and ``REQUIRES`` (or ``requires(args)``): the optional packages it needs,
-checked before it starts.  Bad input raises :class:`UsageError` (or ValueError/TypeError/
-OSError from the library); :func:`main` turns it, a missing optional package, and running out
-of memory into one line on stderr and exit status 2, never a traceback.
+an exit status, and ``NEEDS`` (a :class:`Needs`): the optional packages it needs, which
+``crossent --help`` lists and :func:`main` checks before the command starts.  Bad input
+raises :class:`UsageError` (or ValueError/TypeError/OSError from the library); :func:`main`
+turns it, a missing optional package, and running out of memory into one line on stderr and
+exit status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import importlib
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
-from .._optional import PACKAGES, MissingDependency, install_line, is_installed
+from .._optional import PACKAGES, MissingDependency, install_line, is_installed, not_installed
+from .._optional import require as _require
 
 # Sub-commands in the order ``crossent --help`` lists them; each names its module.
 COMMANDS = ("train", "evaluate", "predict", "score", "compare", "plot", "explain")
@@ -26,6 +29,41 @@ EXTRA = "cli"
 
 class UsageError(Exception):
     """A problem with what the user asked for, reported as one line with exit status 2."""
+
+
+@dataclass(frozen=True)
+class Sometimes:
+    """Packages a command needs only in some runs: ``when`` says which in ``--help``
+    (``"for --plot"``), ``applies(args)`` whether this run is one."""
+
+    packages: tuple[str, ...]
+    when: str
+    applies: Callable[[argparse.Namespace], bool]
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a command needs beyond NumPy (importable names, keys of
+    ``crossent._optional.PACKAGES``): ``always``, and each of ``sometimes`` in its runs."""
+
+    always: tuple[str, ...] = ()
+    sometimes: tuple[Sometimes, ...] = ()
+
+    def packages(self, args: argparse.Namespace | None = None) -> tuple[str, ...]:
+        """What the run ``args`` needs; every package named, without ``args``."""
+        more = [p for s in self.sometimes if args is None or s.applies(args)
+                for p in s.packages]
+        return self.always + tuple(dict.fromkeys(p for p in more if p not in self.always))
+
+    def describe(self) -> str:
+        """``scikit-learn, SciPy, pandas, tqdm; matplotlib for --plot``, as ``--help`` says it."""
+        def names(packages: tuple[str, ...]) -> str:
+            # threadpoolctl comes with scikit-learn: not worth a word here
+            return ", ".join(PACKAGES[p][0] for p in packages if p != "threadpoolctl")
+
+        parts = ([names(self.always)] if self.always else []) + [
+            f"{names(s.packages)} {s.when}" for s in self.sometimes]
+        return "; ".join(parts) or "nothing more"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,23 +80,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _requirements(module) -> tuple[str, ...]:
-    return tuple(getattr(module, "REQUIRES", ()))
-
-
 def _extras_epilog(modules: dict) -> str:
     """Which command needs which package, and which of those are missing here."""
     lines = [f"what the commands need beyond NumPy (all of it comes with {install_line(EXTRA)};",
              f'from a checkout: pip install -e ".[{EXTRA}]"):']
     width = max(map(len, COMMANDS))
     for name, module in modules.items():
-        # threadpoolctl comes with scikit-learn: not worth a word here
-        needs = getattr(module, "NEEDS_TEXT", None) or ", ".join(
-            PACKAGES[p][0] for p in _requirements(module) if p != "threadpoolctl"
-        ) or "nothing more"
-        lines.append(f"  {name.ljust(width)}  {needs}")
-    wanted = sorted({p for m in modules.values() for p in getattr(m, "MAY_NEED", ())
-                     + _requirements(m)})
+        lines.append(f"  {name.ljust(width)}  {module.NEEDS.describe()}")
+    wanted = sorted({p for m in modules.values() for p in m.NEEDS.packages()})
     absent = [PACKAGES[p][0] for p in wanted if not is_installed(p)]
     if absent:  # (said only when it matters: the help stays the same everywhere else)
         lines.append("not installed here: " + ", ".join(absent))
@@ -90,9 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     module = importlib.import_module(f"{__name__}.{args.command}")
+    feature = f"'crossent {args.command}'"
     try:
-        needs = module.requires(args) if hasattr(module, "requires") else _requirements(module)
-        _require(needs, args.command)
+        _require(module.NEEDS.packages(args), feature, EXTRA, command=True)
         return int(args.run(args) or 0)
     except BrokenPipeError:
         # the reader went away (`crossent train | head`): not an error of ours; stop quietly
@@ -113,22 +142,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not isinstance(exc, MissingDependency) and (package not in PACKAGES
                                                        or is_installed(package)):
             raise  # a broken installation or a bug: the traceback is what helps
-        return _fail(args.command, _missing_message(package, args.command))
+        # (a library's MissingDependency is reworded: the command's line names the command)
+        return _fail(args.command, str(not_installed(package, feature, EXTRA, command=True)))
     except KeyboardInterrupt:
         print(f"crossent {args.command}: interrupted", file=sys.stderr)
         return 130
-
-
-def _missing_message(package: str, command: str) -> str:
-    return (f"{PACKAGES[package][0]} is not installed, and 'crossent {command}' needs it: "
-            f"{install_line(EXTRA)}")
-
-
-def _require(packages: Sequence[str], command: str) -> None:
-    for package in packages:
-        if not is_installed(package):
-            raise MissingDependency(_missing_message(package, command), package=package,
-                                    extra=EXTRA)
 
 
 def _fail(command: str, message: str) -> int:

@@ -87,8 +87,9 @@ def add_force(p: argparse.ArgumentParser) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-# what training needs beyond NumPy: the classifier, the CSV parser, the progress bars
-TRAINING_PACKAGES = ("sklearn", "scipy", "threadpoolctl", "pandas", "tqdm")
+# what training and applying a model need beyond NumPy: the classifier, the CSV parser, the
+# progress bars (of training, and of reading a large file)
+MODEL_PACKAGES = ("sklearn", "scipy", "threadpoolctl", "pandas", "tqdm")
 
 
 def same_path(a: str, b: str) -> bool:

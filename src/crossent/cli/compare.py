@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import warnings
 
+from . import Needs
 from . import _common as common
 from .train import add_model_options, make_model
 
 DEFAULT_PLOT = "compare.png"
 DEFAULT_EPOCHS = 50
-REQUIRES = common.TRAINING_PACKAGES + ("matplotlib",)
+NEEDS = Needs(common.MODEL_PACKAGES + ("matplotlib",))
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -10,9 +10,10 @@ import argparse
 
 import numpy as np
 
+from . import Needs
 from . import _common as common
 
-REQUIRES = ("sklearn", "scipy", "threadpoolctl", "pandas")
+NEEDS = Needs(common.MODEL_PACKAGES)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

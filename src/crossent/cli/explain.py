@@ -14,10 +14,10 @@ import math
 import numpy as np
 
 from ..functional import cross_entropy_with_grad, log_softmax, nll_loss_with_grad, softmax
-from . import UsageError
+from . import Needs, UsageError
 
 DEFAULT_LOGITS = (2.0, 4.0, 0.5)
-REQUIRES: tuple[str, ...] = ()
+NEEDS = Needs()
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -14,9 +14,10 @@ from __future__ import annotations
 import argparse
 import math
 
+from . import Needs
 from . import _common as common
 
-REQUIRES = ("matplotlib",)
+NEEDS = Needs(("matplotlib",))
 
 FIGURES = ("overview", "bce", "softmax", "losses")
 

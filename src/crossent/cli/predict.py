@@ -19,9 +19,10 @@ import sys
 
 import numpy as np
 
+from . import Needs
 from . import _common as common
 
-REQUIRES = ("sklearn", "scipy", "threadpoolctl", "pandas")
+NEEDS = Needs(common.MODEL_PACKAGES)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

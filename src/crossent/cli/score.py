@@ -15,10 +15,16 @@ import warnings
 
 import numpy as np
 
+from . import Needs, Sometimes
 from . import _common as common
 
-NEEDS_TEXT = "pandas for CSV files (.npy files need nothing more)"
-MAY_NEED = ("pandas",)
+
+def _reads_csv(args: argparse.Namespace) -> bool:
+    return any(p.lower().endswith(".csv") for p in (args.predictions, args.labels))
+
+
+# pandas reads CSV files; .npy and .npz files need only NumPy
+NEEDS = Needs(sometimes=(Sometimes(("pandas",), "for CSV files", _reads_csv),))
 
 CLIPPING = (
     "Clipping: every probability is clipped to [eps, 1 - eps] with eps = 2.22e-16 (float64 "
@@ -58,12 +64,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bins", type=common.positive_int, default=15, metavar="N",
                    help="confidence bins of the calibration error (default: 15)")
     p.set_defaults(run=run)
-
-
-def requires(args: argparse.Namespace) -> tuple[str, ...]:
-    """pandas reads CSV files; .npy files need only NumPy."""
-    paths = (args.predictions, args.labels)
-    return ("pandas",) if any(not p.lower().endswith(".npy") for p in paths) else ()
 
 
 def _columns(path: str) -> list[str] | None:

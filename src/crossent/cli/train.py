@@ -16,7 +16,11 @@ import argparse
 import datetime
 import warnings
 
+from . import Needs, Sometimes
 from . import _common as common
+
+NEEDS = Needs(common.MODEL_PACKAGES,
+              (Sometimes(("matplotlib",), "for --plot", lambda args: bool(args.plot)),))
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -73,15 +77,6 @@ def make_model(args: argparse.Namespace, loss: str | None = None, **overrides):
         params["max_iter"] = args.epochs
     params.update(overrides)
     return SoftmaxRegression(**params)
-
-
-NEEDS_TEXT = "scikit-learn, SciPy, pandas, tqdm; matplotlib for --plot"
-MAY_NEED = ("matplotlib",)
-
-
-def requires(args: argparse.Namespace) -> tuple[str, ...]:
-    """The optional packages this run needs (checked before it starts)."""
-    return common.TRAINING_PACKAGES + (("matplotlib",) if args.plot else ())
 
 
 def run(args: argparse.Namespace) -> int:
