@@ -623,7 +623,8 @@ def test_global_mean_scale_errors_name_the_argument():
         (dict(targets=[y, torch.tensor([[1, 7]])], weight=w), IndexError,
          "targets\\[1\\]: target\\[0, 1\\] = 7 is out of range: expected a class index in "
          "\\[0, 3\\] or ignore_index \\(-100\\)"),
-        (dict(targets=y, average_gradients=1), TypeError, "average_gradients must be a bool, got 1"),
+        (dict(targets=y, average_gradients=1), TypeError,
+         "average_gradients must be a bool, got 1"),
         (dict(targets=y, dtype=torch.int32), TypeError,
          "dtype must be a floating-point torch.dtype, got torch.int32"),
         (dict(targets=y, dtype="float32"), TypeError,
