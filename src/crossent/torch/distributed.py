@@ -566,7 +566,9 @@ def vocab_parallel_cross_entropy(
             last shards) take no part in the softmax, get a zero gradient and do not count in
             label smoothing's ``eps / C``.  None: ``len(weight)``, or every column.
         weight: the full ``(C,)`` class weights, as ``F.cross_entropy`` takes them (the
-            same on every rank).
+            same on every rank): the logits' dtype for class indices, any floating dtype for
+            probabilities (it promotes the loss's); not differentiated (a weight that
+            requires grad is refused: pass ``weight.detach()``).
         ignore_index: as in ``F.cross_entropy``: a class index whose rows add nothing.
         reduction: ``'none'``, ``'sum'`` or ``'mean'`` (``F.cross_entropy``'s denominator:
             the total class weight of the non-ignored rows).
@@ -841,7 +843,8 @@ def vocab_parallel_linear_cross_entropy(
             :func:`vocab_parallel_cross_entropy`.
         num_classes: the real vocabulary size, as in :func:`vocab_parallel_cross_entropy`.
         sequence_parallel: ``input`` is this rank's piece along dim 0 (see ``input``).
-        weight: the full ``(C,)`` class weights.
+        weight: the full ``(C,)`` class weights, as in :func:`vocab_parallel_cross_entropy`
+            (the input's dtype for class indices).
         ignore_index: as in ``F.cross_entropy``.
         reduction: as in ``F.cross_entropy``.
         label_smoothing: as in ``F.cross_entropy`` (over the real classes of every rank).
