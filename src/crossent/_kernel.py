@@ -24,6 +24,10 @@ thread pools are reset in a forked child (``os.register_at_fork``).
 Inputs may be float16, float32, float64 or bfloat16 (given as its raw ``uint16`` bits, which
 is how the torch executor hands a bfloat16 tensor over without a copy).  Half-precision blocks
 are widened to float32 in a scratch buffer, computed, and narrowed back on the way out.
+
+The steps of a block (blocking and scratch, widening, softcap, the target's dot product with
+its ``0 log 0`` rule, the gradient's last steps) are shared with the shard pass of
+:mod:`crossent._kernel_shard`, which runs them on a slice of the class axis.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -154,20 +158,29 @@ def float32_to_bf16_bits(values: np.ndarray, out: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class RowTargets:
-    """Per-row target data, prepared once by the caller from the semantics rules.
+    """Per-row target data, prepared once by the caller from the semantics rules
+    (:func:`build_row_targets`).
 
     Exactly one of ``index`` / ``probability`` is set.  A "row" is one softmax: one ``(n, s)``
     position of an ``(N, C, S)`` input, in C order (``M = N * S``), or one row of ``(M, C)``.
+    The logits' columns may be a range of the C classes (a shard of the class axis, see
+    :mod:`crossent._kernel_shard`): then the per-class vectors cover the range and the
+    per-row coefficients are the range's share.
 
-    index:        (M,) int64 class per row; ignored rows hold any valid class (e.g. 0)
-    on_target:    (M,) coefficient of the row's own class, ``(1 - eps) * w[y]`` (0 if ignored)
-    uniform:      (C,) or scalar coefficient every class gets, ``(eps / C) * w`` (eps > 0 only)
+    index:        (M,) int64 column of the row's class; 0 on ignored rows and on rows whose
+                  class lies outside the columns (their ``on_target`` is 0)
+    on_target:    (M,) coefficient of the row's own class, ``(1 - eps) * w[y]`` (0 if ignored
+                  or outside the columns)
+    uniform:      (columns,) or scalar coefficient every class gets, ``(eps / C) * w``
+                  (eps > 0 only)
     valid:        (M,) bool, False for ignored rows (None when no row is ignored)
-    probability:  target probabilities in the logits' layout, ``(M, C)`` or ``(N, C, S)``
-                  (any float dtype, any strides; widened per block)
-    prob_scale:   (C,) class weights applied to smoothed probabilities, or None
-    coef_sum:     (M,) ``A = sum_c a_c`` for index targets (computed per block for probabilities)
+    probability:  target probabilities in the logits' layout, ``(M, columns)`` or
+                  ``(N, C, S)`` (any float dtype, any strides; widened per block)
+    prob_scale:   (columns,) class weights applied to smoothed probabilities, or None
+    coef_sum:     (M,) ``A = sum_c a_c`` over the columns, for index targets (computed per
+                  block for probabilities)
     z_weight:     (M,) or scalar ``z_loss * w_n`` (0 when z-loss is off)
+    num_classes:  C, every class (label smoothing's ``eps / C``); None: the logits' columns
     """
 
     index: np.ndarray | None = None
@@ -179,6 +192,7 @@ class RowTargets:
     label_smoothing: float = 0.0
     coef_sum: np.ndarray | None = None
     z_weight: np.ndarray | float = 0.0
+    num_classes: int | None = None
 
 
 # A block of an (N, C, S) input spans at least this many positions along S (when S has
@@ -266,6 +280,168 @@ class _Blocking:
             yield (slice(n, n + 1), every, slice(s0, s1)), r0, r0 + s1 - s0, (1, s1 - s0)
 
 
+class _Scratch:
+    """One thread's block-sized buffers, by name: made on first use, reused for every block."""
+
+    def __init__(self, elements: int, dtype: np.dtype) -> None:
+        self._elements = elements
+        self._dtype = dtype
+        self._buffers: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        flat = self._buffers.get(name)
+        if flat is None:
+            flat = self._buffers[name] = np.empty(self._elements, self._dtype)
+        return flat[: math.prod(shape)].reshape(shape)
+
+
+def _run_blocks(plan: _Blocking, dtype: np.dtype, block: Callable[..., None]) -> None:
+    """Call ``block(where, r0, r1, rshape, scratch)`` for every block of ``plan``.
+
+    Threads share the blocks (:func:`_run_row_ranges`), each with its own :class:`_Scratch`
+    of ``dtype`` buffers.  Floating-point warnings are off: non-finite logits are data here,
+    and each pass gives them their documented result.
+    """
+
+    def work(start: int, stop: int) -> None:
+        scratch = _Scratch(plan.max_block_elements, dtype)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            for where, r0, r1, rshape in plan.blocks(start, stop):
+                block(where, r0, r1, rshape, scratch)
+
+    _run_row_ranges(plan.units, plan.unit_elements, work)
+
+
+# The steps of a block, shared by the fused pass and the shard pass (crossent._kernel_shard).
+# ``slab``: the block is (nb, C, sb) with classes on axis 1; otherwise rows (b, C).
+
+
+def _across(v: np.ndarray, slab: bool) -> np.ndarray:
+    """A per-row vector broadcast along the class axis."""
+    return v[:, None, :] if slab else v[:, None]
+
+
+def _per_class(w, slab: bool):
+    """A per-class vector (or scalar) broadcast along the rows."""
+    return w[:, None] if slab and np.ndim(w) else w
+
+
+def _load(src: np.ndarray, dst: np.ndarray, bfloat16: bool) -> np.ndarray:
+    """``src`` widened into ``dst`` (compute precision): bfloat16 bits, or any float."""
+    if bfloat16:
+        return bf16_bits_to_float32(src, dst)
+    np.copyto(dst, src, casting="unsafe")
+    return dst
+
+
+def _store(g: np.ndarray, out: np.ndarray, bfloat16: bool) -> None:
+    """A block computed in scratch written to its place, narrowed to the output's dtype."""
+    if bfloat16:
+        float32_to_bf16_bits(g, out)
+    else:
+        np.copyto(out, g, casting="unsafe")
+
+
+def _softcap(x: np.ndarray, softcap: float, th: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``z = cap * tanh(x / cap)`` into ``out``; ``th`` keeps ``tanh(x / cap)`` for the chain
+    rule (:meth:`_BlockTargets.finish_gradient`) and may be ``x``'s own buffer."""
+    np.divide(x, softcap, out=th)
+    np.tanh(th, out=th)
+    return np.multiply(th, softcap, out=out)
+
+
+class _BlockTargets:
+    """The target coefficients ``a`` of one block (rows ``r0:r1`` of the :class:`RowTargets`),
+    kept in the form the target has.
+
+    Class indices: ``at``, where each row's class is in the block, and its coefficient
+    ``on_t``, plus ``targets.uniform`` on every class under label smoothing.  Probabilities:
+    the block's ``a = w ((1 - eps) t + eps / C)`` itself, made in place in ``coef`` (a
+    scratch buffer the caller filled with the block's probabilities, in the block's layout).
+    ``valid`` marks the rows not ignored (None: every row).
+    """
+
+    def __init__(self, targets: RowTargets, r0: int, r1: int, rshape: tuple[int, ...],
+                 shape: tuple[int, ...], slab: bool, coef: np.ndarray | None) -> None:
+        self.targets = targets
+        self.slab = slab
+        self.coef = coef
+        self.rows = (r0, r1, rshape)
+        self.valid = self.row(targets.valid) if targets.valid is not None else None
+        if coef is None:
+            y = self.row(targets.index)
+            self.at = ((np.arange(shape[0])[:, None], y, np.arange(shape[2])[None, :])
+                       if slab else (np.arange(shape[0]), y))
+            self.on_t = self.row(targets.on_target)
+            return
+        if targets.label_smoothing:  # sem.smoothed_probabilities, in place
+            on_target, uniform = sem.smoothing_terms(targets.label_smoothing,
+                                                     targets.num_classes)
+            coef *= on_target
+            coef += uniform
+        if targets.prob_scale is not None:
+            coef *= _per_class(targets.prob_scale, slab)
+
+    def row(self, v: np.ndarray) -> np.ndarray:
+        """The block's rows of a per-row vector, in the block's per-row shape."""
+        r0, r1, rshape = self.rows
+        return v[r0:r1].reshape(rshape)
+
+    def target_term(self, shifted: np.ndarray) -> np.ndarray:
+        """Each row's ``a_y s_y`` (class indices): 0 where ``a_y = 0``, even at ``s_y = -inf``
+        (an ignored row, a class of weight 0, or a class outside a shard's columns)."""
+        return np.where(self.on_t != 0, self.on_t * shifted[self.at], 0.0)
+
+    def dot(self, shifted: np.ndarray, scratch: Callable[[], np.ndarray]
+            ) -> tuple[np.ndarray, np.ndarray]:
+        """``(a . s, A)`` per row, on the shifted logits ``s`` (``0 log 0 = 0``, see
+        :func:`_dot_without_zero_terms`, which gets ``scratch``); exactly 0 on ignored rows."""
+        targets = self.targets
+        if self.coef is None:
+            dot = self.target_term(shifted)
+            coef_sum = self.row(targets.coef_sum)
+            if targets.label_smoothing:
+                u = targets.uniform
+                if np.ndim(u):
+                    dot += u @ shifted if self.slab else shifted @ u
+                else:
+                    dot += shifted.sum(axis=1) * u
+        else:
+            dot = np.einsum("ncs,ncs->ns" if self.slab else "nc,nc->n", self.coef, shifted)
+            coef_sum = self.coef.sum(axis=1)
+        if self.valid is not None:
+            dot[~self.valid] = 0.0  # an ignored row's logits may be anything, NaN included
+        bad = ~np.isfinite(dot)
+        if bad.any():
+            np.copyto(dot, _dot_without_zero_terms(shifted, self, scratch), where=bad)
+        return dot, coef_sum
+
+    def finish_gradient(self, g: np.ndarray, row_factor: np.ndarray, scale,
+                        th: np.ndarray | None) -> None:
+        """Turn ``g = exp(z - shift)`` into the gradient ``row_factor * g - scale * a``, times
+        the softcap slope ``1 - tanh^2`` (``th``, overwritten), exactly 0 on ignored rows."""
+        slab = self.slab
+        g *= _across(row_factor, slab)
+        if self.coef is None:
+            g[self.at] -= self.on_t * scale
+            if self.targets.label_smoothing:
+                u = _per_class(self.targets.uniform, slab)
+                g -= _across(scale, slab) * u if np.ndim(scale) else scale * u
+        else:
+            self.coef *= _across(scale, slab) if np.ndim(scale) else scale
+            g -= self.coef
+        if th is not None:
+            np.square(th, out=th)
+            np.subtract(1.0, th, out=th)
+            g *= th
+        if self.valid is not None:
+            # Ignored rows get exactly zero gradient, even when their logits are not finite
+            # (PyTorch gives NaN there through 0 * nan, pytorch#11551).  Their terms above
+            # are not masked: this overwrites them.  Indexing the rows touches only them (a
+            # copyto with a broadcast mask takes ~10 passes' time over the whole block).
+            (np.moveaxis(g, 1, -1) if slab else g)[~self.valid] = 0.0
+
+
 def fused_softmax_cross_entropy(
     logits: np.ndarray,  # (M, C) or (N, C, S); float16/32/64, or uint16 bfloat16 bits
     targets: RowTargets,
@@ -301,36 +477,15 @@ def fused_softmax_cross_entropy(
     losses = np.empty(plan.batches * plan.spatial, dtype=cd)
     if losses.size == 0:
         return losses
+    if targets.num_classes is None:
+        targets = replace(targets, num_classes=classes)
     widen = bfloat16 or logits.dtype != cd
     narrow = grad_out is not None and (bfloat16 or grad_out.dtype != cd)
     scale_is_vector = np.ndim(grad_scale) == 1
     z_is_vector = np.ndim(targets.z_weight) == 1
     has_z = z_is_vector or targets.z_weight != 0.0
-    smoothing = targets.label_smoothing
-    index = targets.index is not None
 
-    # per-row vectors broadcast along the class axis (1); class vectors along the rows
-    if slab:
-        def across(v):
-            return v[:, None, :]
-
-        def per_class(w):
-            return w[:, None] if np.ndim(w) else w
-    else:
-        def across(v):
-            return v[:, None]
-
-        def per_class(w):
-            return w
-
-    def work(start: int, stop: int) -> None:
-        # scratch buffers, one set per thread, made on first use and reused for every block
-        scratch: dict[str, np.ndarray] = {}
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            for where, r0, r1, rshape in plan.blocks(start, stop):
-                _block(where, r0, r1, rshape, scratch)
-
-    def _block(where, r0, r1, rshape, scratch) -> None:
+    def block(where, r0, r1, rshape, scratch: _Scratch) -> None:
         raw = logits[where]
         if plan.gather:  # the block as class-last rows (nb * sb, C), in (n, s) order
             nb, _, sb = raw.shape
@@ -351,135 +506,66 @@ def fused_softmax_cross_entropy(
                 return rows
 
         def buf(name: str) -> np.ndarray:
-            flat = scratch.get(name)
-            if flat is None:
-                flat = scratch[name] = np.empty(plan.max_block_elements, cd)
-            return flat[: math.prod(shape)].reshape(shape)
-
-        def row(v):
-            return v[r0:r1].reshape(rshape)
+            return scratch.get(name, shape)
 
         # -- load: x in compute precision --------------------------------------------------
-        if bfloat16:
+        if widen or plan.gather:
             x = buf("x")
-            bf16_bits_to_float32(block_of(logits), placed(x))
-        elif widen or plan.gather:
-            x = buf("x")
-            np.copyto(placed(x), block_of(logits), casting="unsafe")
+            _load(block_of(logits), placed(x), bfloat16)
         else:
             x = raw
         in_place = grad_out is not None and not (narrow or plan.gather)
         g = grad_out[where] if in_place else buf("g")
         # -- softcap: z = cap * tanh(x / cap); keep tanh for the chain rule ------------------
-        if softcap is not None:
-            th = buf("x")
-            np.divide(x, softcap, out=th)
-            np.tanh(th, out=th)
-            z = np.multiply(th, softcap, out=g)
-        else:
-            th = None
-            z = x
+        th = buf("x") if softcap is not None else None
+        z = _softcap(x, softcap, th, out=g) if th is not None else x
         # -- shift by the row max; the target term is taken on shifted logits (exact) -------
         m = z.max(axis=1)
-        np.subtract(z, across(m), out=g)
-        valid = row(targets.valid) if targets.valid is not None else None
+        np.subtract(z, _across(m, slab), out=g)
         coef = None
-        if index:
-            y = row(targets.index)
-            if slab:
-                at_target = (np.arange(shape[0])[:, None], y, np.arange(shape[2])[None, :])
-            else:
-                at_target = (np.arange(shape[0]), y)
-            on_t = row(targets.on_target)
-            dot = on_t * g[at_target]
-            if valid is not None:
-                dot[~valid] = 0.0  # an ignored row's class may hold -inf
-            coef_sum = row(targets.coef_sum)
-            if smoothing:
-                u = targets.uniform
-                if np.ndim(u):
-                    uniform_dot = u @ g if slab else g @ u
-                else:
-                    uniform_dot = g.sum(axis=1) * u
-                if valid is not None:
-                    uniform_dot = uniform_dot * valid
-                dot += uniform_dot
-        else:
+        if targets.probability is not None:
             coef = buf("c")
-            np.copyto(placed(coef), block_of(targets.probability), casting="unsafe")
-            if smoothing:  # sem.smoothed_probabilities, applied in place
-                on_target, uniform = sem.smoothing_terms(smoothing, classes)
-                coef *= on_target
-                coef += uniform
-            if targets.prob_scale is not None:
-                coef *= per_class(targets.prob_scale)
-            coef_sum = coef.sum(axis=1)
-            dot = np.einsum("ncs,ncs->ns" if slab else "nc,nc->n", coef, g)
-        bad = ~np.isfinite(dot)
-        if bad.any():
-            exact = _dot_without_zero_terms(g, coef, lambda: buf("t"), per_class,
-                                            at_target if index else None,
-                                            on_t if index else None, valid, targets, slab)
-            np.copyto(dot, exact, where=bad)
+            _load(block_of(targets.probability), placed(coef), False)
+        a = _BlockTargets(targets, r0, r1, rshape, shape, slab, coef)
+        dot, coef_sum = a.dot(g, lambda: buf("t"))
         # -- exponentiate in place: the gradient buffer now holds exp(z - m) ----------------
         np.exp(g, out=g)
         sum_exp = g.sum(axis=1)
         log_sum = np.log(sum_exp)
         loss = coef_sum * log_sum - dot
         if has_z:
-            zw = row(targets.z_weight) if z_is_vector else targets.z_weight
+            zw = a.row(targets.z_weight) if z_is_vector else targets.z_weight
             lse = m + log_sum
             loss += zw * lse * lse
             p_factor = coef_sum + 2.0 * zw * lse
         else:
             p_factor = coef_sum
-        if valid is not None:
-            loss[~valid] = 0.0  # ignored rows cost 0 even with non-finite logits
+        if a.valid is not None:
+            loss[~a.valid] = 0.0  # ignored rows cost 0 even with non-finite logits
         losses[r0:r1] = loss.reshape(-1)
         if grad_out is None:
             return
         # -- gradient: scale * ((A + 2 z w lse) softmax - a) ----------------------------------
-        scale = row(grad_scale) if scale_is_vector else grad_scale
+        scale = a.row(grad_scale) if scale_is_vector else grad_scale
         row_factor = p_factor / sum_exp
         row_factor *= scale
-        g *= across(row_factor)
-        if index:
-            g[at_target] -= on_t * scale
-            if smoothing:
-                u = per_class(targets.uniform)
-                uscale = scale * valid if valid is not None else scale
-                g -= across(uscale) * u if np.ndim(uscale) else uscale * u
-        else:
-            coef *= across(scale) if np.ndim(scale) else scale
-            g -= coef
-        if th is not None:
-            np.square(th, out=th)
-            np.subtract(1.0, th, out=th)
-            g *= th
-        if valid is not None:
-            # Ignored rows get exactly zero gradient, even when their logits are not finite
-            # (PyTorch gives NaN there through 0 * nan, pytorch#11551).
-            np.copyto(g, 0.0, where=across(~valid))
-        # -- store --------------------------------------------------------------------------
+        a.finish_gradient(g, row_factor, scale, th)
         if not in_place:
-            out = block_of(grad_out)
-            if bfloat16:
-                float32_to_bf16_bits(placed(g), out)
-            else:
-                np.copyto(out, placed(g), casting="unsafe")
+            _store(placed(g), block_of(grad_out), bfloat16)
 
-    _run_row_ranges(plan.units, plan.unit_elements, work)
+    _run_blocks(plan, cd, block)
     return losses
 
 
-def _dot_without_zero_terms(shifted, coef, scratch, per_class, at_target, on_t, valid,
-                            targets: RowTargets, slab: bool) -> np.ndarray:
+def _dot_without_zero_terms(shifted: np.ndarray, a: _BlockTargets,
+                            scratch: Callable[[], np.ndarray]) -> np.ndarray:
     """``a . s`` for every row of a block, leaving out the classes with ``a_c = 0``.
 
-    Called only for a block where some row's plain dot product is not finite.  This is where
-    ``0 * log 0`` lives: a class the target gives no weight (probability 0, or class weight 0
-    under smoothing) whose logit is ``-inf`` adds 0, not NaN.  A genuine NaN or an infinite
-    weighted term stays NaN / inf.
+    Called only for a block where some row's plain dot product is not finite; the caller
+    takes the rows that were not finite (never an ignored row: those are already 0).  This
+    is where ``0 * log 0`` lives: a class the target gives no weight (probability 0, or
+    class weight 0 under smoothing) whose logit is ``-inf`` adds 0, not NaN.  A genuine NaN
+    or an infinite weighted term stays NaN / inf.
 
     Whole-block array operations without data-dependent branches, so a masked vocabulary
     (every row with ``-inf`` logits) costs a few passes more than an unmasked one: ``-inf``
@@ -490,28 +576,26 @@ def _dot_without_zero_terms(shifted, coef, scratch, per_class, at_target, on_t, 
     """
     tmp = scratch()
     np.maximum(shifted, np.finfo(shifted.dtype).min, out=tmp)
-    if coef is not None:  # probability targets: the block's coefficients are at hand
-        dot = np.einsum("ncs,ncs->ns" if slab else "nc,nc->n", coef, tmp)
-        weights = coef
+    if a.coef is not None:  # probability targets: the block's coefficients are at hand
+        dot = np.einsum("ncs,ncs->ns" if a.slab else "nc,nc->n", a.coef, tmp)
+        weights = a.coef
     else:
-        dot = np.where(on_t != 0, on_t * shifted[at_target], 0.0)  # exact as it stands
+        dot = a.target_term(shifted)  # exact as it stands
         weights = None
-        if targets.label_smoothing:
-            u = targets.uniform
+        if a.targets.label_smoothing:
+            u = a.targets.uniform
             if np.ndim(u):
-                dot += u @ tmp if slab else tmp @ u
-                weights = per_class(u)
+                dot += u @ tmp if a.slab else tmp @ u
+                weights = _per_class(u, a.slab)
             else:  # every class weighs eps / C > 0: no zero term to leave out
                 dot += shifted.sum(axis=1) * u
     if weights is not None:
         weighted_minus_inf = ((shifted == -np.inf) & (weights != 0)).any(axis=1)
         if weighted_minus_inf.any():
             exact = _masked_dot(shifted, weights, tmp)
-            if coef is None:
-                exact += np.where(on_t != 0, on_t * shifted[at_target], 0.0)
+            if a.coef is None:
+                exact += a.target_term(shifted)
             np.copyto(dot, exact, where=weighted_minus_inf)
-    if valid is not None:
-        dot[~valid] = 0.0
     return dot
 
 
@@ -527,12 +611,14 @@ def build_row_targets(
     target: np.ndarray,  # (M,) int64 class indices, range-checked; or probabilities
     *,
     probability: bool,
-    weight: np.ndarray | None,  # (C,) in compute_dtype
+    weight: np.ndarray | None,  # (C,) in compute_dtype, every class
     ignore_index: int,
     label_smoothing: float,
     z_loss: float,
     num_classes: int,
     compute_dtype: np.dtype,
+    col_start: int = 0,
+    real_columns: int | None = None,
 ) -> tuple[RowTargets, np.ndarray | None]:
     """The per-row coefficients of :func:`fused_softmax_cross_entropy`, from the semantics
     rules.  Returns ``(targets, w_y)``; ``w_y`` (index targets only) is each row's target
@@ -542,30 +628,47 @@ def build_row_targets(
     :func:`crossent._arrays.as_class_indices` for NumPy arrays): a cast here could wrap a
     ``uint64`` index of ``2**63`` or more onto a negative one.  Probabilities come in the
     logits' layout, ``(M, C)`` or ``(N, C, S)``.
+
+    With ``col_start`` and ``real_columns`` the targets are those of the classes
+    ``col_start .. col_start + real_columns - 1`` only (a shard of the class axis, whose
+    probabilities arrive as ``(M, real_columns)``): class indices stay global, each row's
+    ``index`` is its class's column in the range, and the coefficients are the range's
+    share (their sums over every range are the whole row's).  The default is every class.
     """
     cd = np.dtype(compute_dtype)
+    columns = num_classes - col_start if real_columns is None else real_columns
+    whole = col_start == 0 and columns == num_classes
+    w_here = weight if weight is None or whole else weight[col_start:col_start + columns]
     if probability:
-        return RowTargets(probability=target, prob_scale=weight,
-                          label_smoothing=label_smoothing, z_weight=z_loss), None
+        return RowTargets(probability=target, prob_scale=w_here,
+                          label_smoothing=label_smoothing, z_weight=z_loss,
+                          num_classes=num_classes), None
     if target.dtype != np.int64 or target.ndim != 1:
         raise TypeError(f"class indices must be a range-checked (M,) int64 array, got "
                         f"{target.dtype} of shape {target.shape}")
     valid, w_y = sem.index_row_weights(target, ignore_index, weight)
     w_y = w_y.astype(cd)
-    weight_sum = num_classes if weight is None else weight.sum()
+    all_valid = bool(valid.all())
+    if whole:  # every row's class is here
+        column, here, w_y_here = target, valid, w_y
+    else:
+        column = target - col_start
+        here = valid & (column >= 0) & (column < columns)
+        w_y_here = np.where(here, w_y, 0.0).astype(cd, copy=False)
+    weight_sum = columns if w_here is None else w_here.sum()
     # zero classes come only with zero rows (an empty batch): any count gives the same nothing
     terms_classes = max(num_classes, 1)
-    coef_sum = sem.index_coefficient_sum(w_y, valid, label_smoothing, terms_classes,
+    coef_sum = sem.index_coefficient_sum(w_y_here, valid, label_smoothing, terms_classes,
                                          weight_sum)
     on_target, uniform = sem.smoothing_terms(label_smoothing, terms_classes)
-    all_valid = bool(valid.all())
     targets = RowTargets(
-        index=target if all_valid else np.where(valid, target, 0),
-        on_target=(w_y * on_target).astype(cd, copy=False),
-        uniform=(weight * uniform).astype(cd) if weight is not None else uniform,
+        index=column if whole and all_valid else np.where(here, column, 0),
+        on_target=(w_y_here * on_target).astype(cd, copy=False),
+        uniform=(w_here * uniform).astype(cd) if w_here is not None else uniform,
         valid=None if all_valid else valid,
         label_smoothing=label_smoothing,
         coef_sum=np.asarray(coef_sum, dtype=cd),
         z_weight=w_y * z_loss if z_loss else 0.0,
+        num_classes=num_classes,
     )
     return targets, w_y

@@ -54,6 +54,7 @@ import torch
 
 from .. import _kernel_shard as kshard
 from .. import _semantics as sem
+from .._kernel import build_row_targets
 from ._params import CrossEntropyParams
 from ._rows import TORCH_BLOCK_ELEMENTS, _numpy_view, compute_dtype
 
@@ -245,10 +246,10 @@ def _numpy_targets(logits, target, params, weight, col_start, num_classes):
     else:
         t_np = target.detach().numpy().astype(np.int64, copy=False)
     w = weight.detach().numpy().astype(cd) if weight is not None else None
-    targets = kshard.build_shard_targets(
+    targets, _ = build_row_targets(
         t_np, probability=params.probability, weight=w, ignore_index=params.ignore_index,
         label_smoothing=params.label_smoothing, z_loss=params.z_loss, num_classes=num_classes,
-        col_start=col_start, real_columns=real, compute_dtype=cd)
+        compute_dtype=cd, col_start=col_start, real_columns=real)
     return targets, real, cd, cd_torch
 
 
@@ -273,7 +274,8 @@ def _gradient_cpu(logits, combined, target, params, weight, col_start, num_class
 
 
 class _TorchTargets:
-    """The shard's coefficients for the torch executor (the NumPy executor's ShardTargets)."""
+    """The shard's coefficients for the torch executor (the NumPy executor's are
+    :func:`crossent._kernel.build_row_targets` over the shard's column range)."""
 
     def __init__(self, target, params, weight, col_start, num_classes, real, cd, device):
         eps = params.label_smoothing
