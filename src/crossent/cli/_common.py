@@ -17,6 +17,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import IO, Any
 
 import numpy as np
@@ -277,6 +278,37 @@ def split(data: Any, test_size: float, seed: int) -> tuple[Any, Any, np.ndarray,
     return train, test, y_train, np.searchsorted(classes, test.y)
 
 
+@dataclass
+class Training:
+    """What ``train`` and ``compare`` fit on: the split rows (standardised with ``scaler``
+    unless ``--no-standardize``), their labels as class indices (see :func:`split`), and
+    ``data``, the file's description without its feature matrix (:func:`release_features`)."""
+
+    data: Any
+    train: Any
+    test: Any
+    y_train: np.ndarray
+    y_test: np.ndarray | None
+    scaler: Any
+
+
+def prepare_training(args: argparse.Namespace, command: str) -> Training:
+    """The opening of ``train`` and ``compare``: load ``--data`` (or the digits), split it,
+    standardise it, and print the data summary and the columns left out."""
+    data = load_training_data(args)
+    summary = describe_data(data)
+    train, test, y_train, y_test = split(data, args.test_size, args.seed)
+    data = release_features(data)
+    scaler = standardize(train, test) if args.standardize else None
+    rows = ("no test set" if test is None else
+            f"{train.n_samples} train / {test.n_samples} test rows (seed {args.seed})")
+    print(f"crossent {command}: {summary}; {rows}")
+    left_out = describe_left_out(data, args.drop)
+    if left_out:
+        print(left_out)
+    return Training(data, train, test, y_train, y_test, scaler)
+
+
 def release_features(data: Any) -> Any:
     """``data`` without its feature matrix, once the split's train and test rows hold their
     own copies: the full matrix need not stay in memory while the model trains."""
@@ -337,22 +369,22 @@ def progress(total: int, desc: str) -> Iterator[Any]:
 STANDARDIZE_HINT = "standardise the features (leave out --no-standardize)"
 
 
-def fit_with_curves(model: Any, train: Any, test: Any, y_train: np.ndarray, y_test: Any, *,
-                    track: bool, desc: str, label: str = "", standardized: bool = True
-                    ) -> tuple[Any, float]:
-    """Fit ``model``; returns ``(curves, seconds)``.
+def fit_with_curves(model: Any, training: Training, *, track: bool, desc: str,
+                    label: str = "") -> tuple[Any, float]:
+    """Fit ``model`` on ``training.train``; returns ``(curves, seconds)``.
 
     A fit that diverges is a :class:`UsageError` that names the command's ``--lr``; a fit
     that does not converge is no warning here (:func:`convergence` reports how it ended).
 
-    With ``track``, log loss and accuracy on the training and test sets (labels ``y_train``
-    and ``y_test`` as class indices, see :func:`split`) are recorded after every iteration
-    (this costs a prediction pass per iteration, so it is off unless a plot or a table needs
-    it; the reported fit time excludes it).
+    With ``track``, log loss and accuracy on the training and test sets are recorded after
+    every iteration (this costs a prediction pass per iteration, so it is off unless a plot
+    or a table needs it; the reported fit time excludes it).
     """
     from ..metrics import accuracy, log_loss
     from ..plots import LearningCurves
 
+    train, test = training.train, training.test
+    y_train, y_test = training.y_train, training.y_test
     curves = LearningCurves(label=label)
     tracking_time = 0.0
 
@@ -387,7 +419,8 @@ def fit_with_curves(model: Any, train: Any, test: Any, y_train: np.ndarray, y_te
                 raise UsageError(
                     f"{model.solver} diverged (the objective is no longer finite) with a "
                     f"learning rate of {model.learning_rate_:.3g}; lower --lr"
-                    + ("" if standardized else f", or {STANDARDIZE_HINT}")) from None
+                    + ("" if training.scaler is not None else f", or {STANDARDIZE_HINT}")
+                ) from None
             seconds = time.perf_counter() - start - tracking_time
     return curves, seconds
 

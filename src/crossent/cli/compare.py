@@ -48,27 +48,16 @@ def run(args: argparse.Namespace) -> int:
     common.check_figure_output(args.plot, args.force, "--plot", inputs)
     if args.epochs is None:
         args.epochs = DEFAULT_EPOCHS
-    data = common.load_training_data(args)
-    summary = common.describe_data(data)
-    train, test, y_train, y_test = common.split(data, args.test_size, args.seed)
-    data = common.release_features(data)
-    if args.standardize:
-        common.standardize(train, test)
+    training = common.prepare_training(args, "compare")
+    data, test = training.data, training.test
+    common.flush()
     which = "test" if test is not None else "train"
     unit = "epoch" if args.solver == "sgd" else "iteration"
-    print(f"crossent compare: {summary}; "
-          + (f"{train.n_samples} train / {test.n_samples} test rows (seed {args.seed})"
-             if test is not None else "no test set"))
-    left_out = common.describe_left_out(data, args.drop)
-    if left_out:
-        print(left_out)
-    common.flush()
     runs = {}
     for loss, label in (("cross_entropy", "cross-entropy"), ("mse", "squared error")):
         model = make_model(args, loss=loss, tol=None)
-        curves, _ = common.fit_with_curves(
-            model, train, test, y_train, y_test, track=True, desc=label, label=label,
-            standardized=args.standardize)
+        curves, _ = common.fit_with_curves(model, training, track=True, desc=label,
+                                           label=label)
         runs[loss] = (model, curves)
 
     (ce_model, ce), (_, se) = runs["cross_entropy"], runs["mse"]

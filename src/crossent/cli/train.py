@@ -87,28 +87,19 @@ def run(args: argparse.Namespace) -> int:
     common.check_figure_output(args.plot, args.force, "--plot", inputs)
     if args.out and args.plot and common.same_path(args.out, args.plot):
         raise common.UsageError("--out and --plot name the same file")
-    data = common.load_training_data(args)
-    summary = common.describe_data(data)
-    train, test, y_train, y_test = common.split(data, args.test_size, args.seed)
-    data = common.release_features(data)
-    scaler = common.standardize(train, test) if args.standardize else None
+    training = common.prepare_training(args, "train")
+    data, train, test, scaler = training.data, training.train, training.test, training.scaler
     model = make_model(args)
     loss_name = "cross-entropy" if model.loss == "cross_entropy" else "squared error"
-    split = ("no test set" if test is None else
-             f"{train.n_samples} train / {test.n_samples} test rows (seed {args.seed})")
-    print(f"crossent train: {summary}; {split}")
-    left_out = common.describe_left_out(data, args.drop)
-    if left_out:
-        print(left_out)
     features = "standardised features" if scaler is not None else "features as given"
     print(f"model: SoftmaxRegression, {loss_name} loss, {model.solver} solver, "
           f"alpha {model.alpha:g}, {features}")
     common.flush()
 
-    curves, seconds = common.fit_with_curves(
-        model, train, test, y_train, y_test, track=args.plot is not None,
-        desc=f"train ({args.solver})", standardized=scaler is not None)
+    curves, seconds = common.fit_with_curves(model, training, track=args.plot is not None,
+                                             desc=f"train ({args.solver})")
     p_train = model.predict_proba(train.X)
+    y_train, y_test = training.y_train, training.y_test
     rows = [("train", common.fmt(log_loss(y_train, p_train)),
              common.fmt(accuracy(y_train, p_train)), train.n_samples)]
     if test is not None:
