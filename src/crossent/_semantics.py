@@ -344,6 +344,13 @@ def reduce_loss(per_element: Any, reduction: str, denominator: Any) -> Any:
     return total / denominator
 
 
+def reduce_loss_grad(grad_output: Any, reduction: str, denominator: Any) -> Any:
+    """``d reduced loss / d loss_n`` times the upstream gradient: ``grad_output`` divided by
+    the ``'mean'`` denominator, as it is for ``'sum'`` and ``'none'`` (one factor per
+    element there)."""
+    return grad_output / denominator if reduction == "mean" else grad_output
+
+
 def kl_div_denominator(input_shape: tuple[int, ...], reduction: str,
                        output_shape: tuple[int, ...] | None = None) -> int | None:
     """``'batchmean'`` divides by ``input.shape[0]``; ``'mean'`` by the element count.

@@ -306,11 +306,10 @@ def _softmax_cross_entropy_rows(
                    else sem.mean_denominator_index(w_y))
     if grad_output is None:
         scale: np.ndarray | float = 0.0
-    elif reduction == "mean":
-        with np.errstate(divide="ignore", invalid="ignore"):
-            scale = np.asarray(grad_output, dtype=cd) / np.asarray(denominator, dtype=cd)
     else:
-        scale = np.asarray(grad_output, dtype=cd)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale = sem.reduce_loss_grad(np.asarray(grad_output, dtype=cd), reduction,
+                                         np.asarray(denominator, dtype=cd))
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         per_row = fused_softmax_cross_entropy(
             x, targets, scale, cd, softcap=softcap,
@@ -493,8 +492,9 @@ def _nll_loss(input, target, weight, ignore_index, reduction, grad_output, want_
     y = as_class_indices(target, layout.num_classes, ignore_index).reshape(-1)
     valid, w_y = sem.index_row_weights(y, ignore_index, w)
     w_y = w_y.astype(cd)
-    at_target = _target_positions(_kernel_layout(x, layout), np.where(valid, y, 0))
-    picked = _kernel_layout(x, layout)[at_target].astype(cd)
+    rows = _kernel_layout(x, layout)  # laid out once: a copy when the strides cannot merge
+    at_target = _target_positions(rows, np.where(valid, y, 0))
+    picked = rows[at_target].astype(cd)
     # l_n = -w[y_n] x[n, y_n]; ignored elements are 0 even if their input is not finite
     per_row = np.where(valid, -w_y * picked, 0.0).astype(cd)
     denominator = sem.mean_denominator_index(w_y)
@@ -508,7 +508,7 @@ def _nll_loss(input, target, weight, ignore_index, reduction, grad_output, want_
     go = go.reshape(-1) if reduction == "none" else go[()]
     # d l_n / d x[n, c] = -w[y_n] [c == y_n], written straight into the input's layout
     with np.errstate(divide="ignore", invalid="ignore"):
-        scale = go / denominator if reduction == "mean" else go
+        scale = sem.reduce_loss_grad(go, reduction, denominator)
         grad = np.zeros(x.shape, dtype=x.dtype)
         _kernel_layout(grad, layout)[at_target] = np.where(valid, -w_y * scale, 0.0)
     return loss, grad
@@ -633,11 +633,13 @@ def _reduce_elementwise(per_elem, reduction, denominator, grad, go, want_grad, d
         if not want_grad:
             return loss, None
         go = as_grad_output(go, per_elem.shape if reduction == "none" else (), dtype)
-        scale = go / denominator if denominator is not None and reduction != "none" else go
-        grad = np.broadcast_to(grad * scale, per_elem.shape)
+        scale = sem.reduce_loss_grad(go, reduction, denominator)
+        grad = grad * scale
+        if grad.shape != per_elem.shape:
+            grad = np.broadcast_to(grad, per_elem.shape)
         if input_shape is not None:
             grad = _sum_to_shape(grad, input_shape)
-        return loss, grad.astype(input_dtype or out_dtype)
+        return loss, grad.astype(input_dtype or out_dtype, copy=False)
 
 
 def _binary_cross_entropy(input, target, weight, reduction, grad_output, want_grad):
