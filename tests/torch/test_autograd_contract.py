@@ -586,3 +586,19 @@ def test_k_dimensional_input_needs_no_class_last_copy(impl, monkeypatch):
     x2 = x.detach().clone().requires_grad_()
     F.cross_entropy(x2, y).backward()
     torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("impl", ["cpu", "torch"])
+@pytest.mark.parametrize(("shape", "target_shape"), [((0, 0), (0,)), ((0, 0, 3), (0, 3)),
+                                                     ((0, 5), (0,))])
+def test_an_empty_batch_may_have_no_classes(impl, shape, target_shape):
+    """PyTorch accepts (0, 0): an empty loss, 'mean' NaN, 'sum' 0 (the NumPy API too)."""
+    for reduction in REDUCTIONS:
+        x = torch.empty(shape, requires_grad=True)
+        y = torch.empty(target_shape, dtype=torch.long)
+        ours = ct.cross_entropy(x, y, reduction=reduction, impl=impl)
+        theirs = F.cross_entropy(x, y, reduction=reduction)
+        assert ours.shape == theirs.shape
+        torch.testing.assert_close(ours, theirs, equal_nan=True)
+        ours.sum().backward()
+        assert x.grad.shape == shape

@@ -48,10 +48,8 @@ def check_targets_and_scale(
     if not params.probability:
         check_class_indices(target, num_classes, params.ignore_index, target_shape)
     denominator = mean_denominator(target, params, weight, cd)
-    if reduction == "mean":
-        scale = 1.0 / denominator
-    else:
-        scale = torch.ones((), dtype=cd, device=target.device)
+    scale = sem.reduce_loss_grad(torch.ones((), dtype=cd, device=target.device), reduction,
+                                 denominator)
     return denominator, scale
 
 
@@ -153,7 +151,7 @@ def cross_entropy_rows_torch(
     w = weight.to(cd) if weight is not None else None
     scale_all = grad_scale.to(cd) if grad_out is not None else None
     per_row_shape = (-1, spatial) if logits.ndim == 3 else (-1,)
-    block = max(1, TORCH_BLOCK_ELEMENTS // (classes * spatial))
+    block = max(1, TORCH_BLOCK_ELEMENTS // max(classes * spatial, 1))
     for s in range(0, batches, block):
         e = min(s + block, batches)
         r0, r1 = s * spatial, e * spatial

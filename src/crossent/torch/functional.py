@@ -10,6 +10,7 @@ from :mod:`crossent._semantics`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -337,14 +338,16 @@ def cross_entropy(
         # them there, so neither the logits nor their gradient is copied (a reshape of a
         # contiguous input is a view)
         n = input.shape[0]
-        logits = input.reshape(n, classes, -1)
-        rows_target = target.reshape(n, classes, -1) if probability else None
+        spatial = layout.rows // n if n else math.prod(layout.batch_shape[1:])
+        logits = input.reshape(n, classes, spatial)
+        rows_target = target.reshape(n, classes, spatial) if probability else None
     elif layout.spatial:  # the Triton kernels read classes last: a class-last copy
-        logits = input.movedim(1, -1).reshape(-1, classes)
-        rows_target = target.movedim(1, -1).reshape(-1, classes) if probability else None
-    else:
-        logits = input.reshape(-1, classes)
-        rows_target = target.reshape(-1, classes) if probability else None
+        logits = input.movedim(1, -1).reshape(layout.rows, classes)
+        rows_target = target.movedim(1, -1).reshape(layout.rows, classes) if probability \
+            else None
+    else:  # explicit row counts: an empty batch may have no classes either, (0, 0)
+        logits = input.reshape(layout.rows, classes)
+        rows_target = target.reshape(layout.rows, classes) if probability else None
     if logits.stride(-1) != 1:
         logits = logits.contiguous()
     if probability:
