@@ -281,15 +281,19 @@ def split(data: Any, test_size: float, seed: int) -> tuple[Any, Any, np.ndarray,
 @dataclass
 class Training:
     """What ``train`` and ``compare`` fit on: the split rows (standardised with ``scaler``
-    unless ``--no-standardize``), their labels as class indices (see :func:`split`), and
-    ``data``, the file's description without its feature matrix (:func:`release_features`)."""
+    unless ``--no-standardize``) and their labels as class indices (see :func:`split`); and
+    of the data they came from, what the commands print and save: its ``source``, its
+    label column, its feature columns and the columns left out as identifiers."""
 
-    data: Any
     train: Any
     test: Any
     y_train: np.ndarray
     y_test: np.ndarray | None
     scaler: Any
+    source: str
+    target_name: str | None
+    feature_names: tuple[str, ...]
+    identifiers: tuple[str, ...]
 
 
 def prepare_training(args: argparse.Namespace, command: str) -> Training:
@@ -298,23 +302,19 @@ def prepare_training(args: argparse.Namespace, command: str) -> Training:
     data = load_training_data(args)
     summary = describe_data(data)
     train, test, y_train, y_test = split(data, args.test_size, args.seed)
-    data = release_features(data)
-    scaler = standardize(train, test) if args.standardize else None
+    training = Training(train, test, y_train, y_test, None, data.source, data.target_name,
+                        data.feature_names, data.identifiers)
+    # the split's rows are copies: the whole matrix need not stay in memory from here on
+    del data
+    if args.standardize:
+        training.scaler = standardize(train, test)
     rows = ("no test set" if test is None else
             f"{train.n_samples} train / {test.n_samples} test rows (seed {args.seed})")
     print(f"crossent {command}: {summary}; {rows}")
-    left_out = describe_left_out(data, args.drop)
+    left_out = describe_left_out(training.identifiers, args.drop)
     if left_out:
         print(left_out)
-    return Training(data, train, test, y_train, y_test, scaler)
-
-
-def release_features(data: Any) -> Any:
-    """``data`` without its feature matrix, once the split's train and test rows hold their
-    own copies: the full matrix need not stay in memory while the model trains."""
-    import dataclasses
-
-    return dataclasses.replace(data, X=np.empty((0, data.n_features)))
+    return training
 
 
 def describe_data(data: Any) -> str:
@@ -323,9 +323,9 @@ def describe_data(data: Any) -> str:
             f"{classes} classes")
 
 
-def describe_left_out(data: Any, dropped: Sequence[str]) -> str | None:
+def describe_left_out(identifiers: Sequence[str], dropped: Sequence[str]) -> str | None:
     """``columns left out: id (identifies rows), ash (--drop)``, or None."""
-    parts = [f"{name} (identifies rows)" for name in data.identifiers]
+    parts = [f"{name} (identifies rows)" for name in identifiers]
     parts += [f"{name} (--drop)" for name in dropped]
     return "columns left out: " + ", ".join(parts) if parts else None
 

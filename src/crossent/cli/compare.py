@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     if args.epochs is None:
         args.epochs = DEFAULT_EPOCHS
     training = common.prepare_training(args, "compare")
-    data, test = training.data, training.test
+    test = training.test
     common.flush()
     which = "test" if test is not None else "train"
     unit = "epoch" if args.solver == "sgd" else "iteration"
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fig = compare_figure(ce, se, title=f"cross-entropy vs squared error: softmax "
-                             f"regression on {data.source.rsplit('/', 1)[-1]} "
+                             f"regression on {training.source.rsplit('/', 1)[-1]} "
                              f"({args.solver}, same step size)")
     common.write_output(args.plot, args.force, "--plot",
                         lambda fh: save_figure(fig, fh, args.plot), inputs)

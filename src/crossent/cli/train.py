@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out and args.plot and common.same_path(args.out, args.plot):
         raise common.UsageError("--out and --plot name the same file")
     training = common.prepare_training(args, "train")
-    data, train, test, scaler = training.data, training.train, training.test, training.scaler
+    train, test, scaler = training.train, training.test, training.scaler
     model = make_model(args)
     loss_name = "cross-entropy" if model.loss == "cross_entropy" else "squared error"
     features = "standardised features" if scaler is not None else "features as given"
@@ -126,10 +126,10 @@ def run(args: argparse.Namespace) -> int:
         from ..classifier import save_model
 
         meta = {
-            "target": data.target_name,
-            "trained_on": data.source,
+            "target": training.target_name,
+            "trained_on": training.source,
             "train_rows": train.n_samples,
-            "identifiers": list(data.identifiers),
+            "identifiers": list(training.identifiers),
             "dropped": list(args.drop),
             "seed": args.seed,
             "test_size": args.test_size,
@@ -143,13 +143,13 @@ def run(args: argparse.Namespace) -> int:
 
             saved = make_pipeline(scaler, model)
         common.write_output(args.out, args.force, "--out", lambda fh: save_model(
-            saved, fh, feature_names=list(data.feature_names), metadata=meta), inputs)
+            saved, fh, feature_names=list(training.feature_names), metadata=meta), inputs)
         print(f"model saved to {args.out}")
     if args.plot:
         from ..plots import learning_curves_figure, save_figure
 
         title = (f"SoftmaxRegression ({loss_name}, {model.solver}) on "
-                 f"{data.source.rsplit('/', 1)[-1]}")
+                 f"{training.source.rsplit('/', 1)[-1]}")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. log-scale warnings on a constant curve
             fig = learning_curves_figure(curves, title=title)
