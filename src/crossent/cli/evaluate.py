@@ -76,13 +76,14 @@ def load(args: argparse.Namespace, arrays: dict, meta: dict, *, require_target: 
 
 def run(args: argparse.Namespace) -> int:
     from .._model_file import read_model_file
-    from ..classifier import build_model
     from ..metrics import accuracy, confusion_matrix, log_loss, precision_recall
 
     if common.same_path(args.model, args.data):
         raise common.UsageError(f"--model and --data name the same file ({args.data})")
     arrays, meta = read_model_file(args.model)
     data, y, _ = load(args, arrays, meta, require_target=True)
+    from ..classifier import build_model  # scikit-learn: only once the files are checked
+
     model = build_model(arrays, meta)
     proba = model.predict_proba(data.X)
     predicted = np.argmax(proba, axis=1)

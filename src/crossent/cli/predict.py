@@ -92,7 +92,6 @@ def _id_column(args: argparse.Namespace, meta: dict) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     from .._model_file import read_model_file
-    from ..classifier import build_model
     from .evaluate import load
 
     inputs = [("--data", args.data), ("--model", args.model)]
@@ -100,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
     arrays, meta = read_model_file(args.model)
     id_column = _id_column(args, meta)
     data, _, id_values = load(args, arrays, meta, require_target=False, id_column=id_column)
+    from ..classifier import build_model  # scikit-learn: only once the files are checked
+
     model = build_model(arrays, meta)
     ids = None if id_column is None else (id_column, id_values)
     text = predictions_csv(model, data.X, ids)
