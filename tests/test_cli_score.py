@@ -222,3 +222,50 @@ def test_an_id_column_missing_from_a_file_is_named(tmp_path):
     labels.write_text("y\n0\n")
     assert_usage_error(crossent("score", str(preds), str(labels), "--id", "key"),
                        f"column 'key' is not in {labels} (columns: 'y')")
+
+
+def test_npy_files_are_read_once_and_checked(tmp_path, monkeypatch, capsys):
+    """A 2-D labels array is read once (its --target column is the labels); predictions
+    of text are refused naming the file and what was expected."""
+    import crossent.datasets as datasets
+    from crossent.cli import main
+
+    np.save(tmp_path / "p.npy", np.array([[0.9, 0.1], [0.2, 0.8]]))
+    np.save(tmp_path / "table.npy", np.array([[5.0, 1.0], [6.0, 0.0]]))  # labels: column 1
+    reads = []
+    monkeypatch.setattr(datasets, "load_npy",
+                        lambda path, load=datasets.load_npy: reads.append(path) or load(path))
+    assert main(["score", str(tmp_path / "p.npy"), str(tmp_path / "table.npy"),
+                 "--target", "1"]) == 0
+    assert value("log loss", capsys.readouterr().out) == pytest.approx(
+        -(np.log(0.1) + np.log(0.2)) / 2, abs=5e-7)
+    assert reads == [str(tmp_path / "p.npy"), str(tmp_path / "table.npy")]
+    np.save(tmp_path / "text.npy", np.array([["0.9", "0.1"]]))
+    np.save(tmp_path / "y.npy", np.array([0]))
+    assert_usage_error(crossent("score", str(tmp_path / "text.npy"), str(tmp_path / "y.npy")),
+                       f"{tmp_path / 'text.npy'}: expected predicted probabilities (numbers), "
+                       "got <U3")
+
+
+def test_labels_map_to_columns_in_the_file_order(tmp_path):
+    """Probability columns need not be sorted: each label finds its own column."""
+    preds = tmp_path / "p.csv"
+    preds.write_text("prob_emu,prob_cat,prob_dog\n0.7,0.2,0.1\n0.1,0.1,0.8\n0.3,0.4,0.3\n")
+    answers = tmp_path / "y.csv"
+    answers.write_text("y\nemu\ndog\ncat\n")
+    result = crossent("score", str(preds), str(answers))
+    assert result.returncode == 0, result.stderr
+    assert value("log loss", result.stdout) == pytest.approx(
+        -(np.log(0.7) + np.log(0.8) + np.log(0.4)) / 3, abs=5e-7)
+    answers.write_text("y\nemu\nyak\ncat\n")
+    assert_usage_error(crossent("score", str(preds), str(answers)),
+                       "has label 'yak', which has no probability column")
+
+
+def test_a_single_column_names_the_label_that_is_not_binary(tmp_path):
+    preds = tmp_path / "p.csv"
+    preds.write_text("p\n0.2\n0.9\n")
+    answers = tmp_path / "y.csv"
+    answers.write_text("y\n1\n2\n")
+    assert_usage_error(crossent("score", str(preds), str(answers)),
+                       "so the labels must be 0 or 1; got '2'")

@@ -56,6 +56,7 @@ __all__ = [
     "load_file",
     "read_table",
     "load_npy",
+    "npy_table",
     "read_npz",
     "csv_header",
     "available_memory",
@@ -523,6 +524,8 @@ def _check_array(what: str, shape: tuple[int, ...], dtype: np.dtype, stored: int
 def load_npy(path: str) -> Any:
     """``np.load`` of an ``.npy`` file without pickle, with one-line errors; the header is
     checked (size, memory, dtype) before the array is allocated."""
+    if not os.path.exists(path):  # worded as read_table and read_npz word it
+        raise FileNotFoundError(2, "No such file", path)
     with open(path, "rb") as fh:
         if fh.read(6) != b"\x93NUMPY":
             raise DataError(f"{path} is not a NumPy file (no .npy header); save it with "
@@ -584,16 +587,22 @@ def _kind_of(arr: np.ndarray) -> str:
 
 
 def _read_npy(path: str) -> Table:
-    arr = load_npy(path)
+    return npy_table(load_npy(path), path)
+
+
+def npy_table(arr: Any, source: str) -> Table:
+    """The table of an ``.npy`` file's array ``arr`` (read by :func:`load_npy` from
+    ``source``): a non-empty 2-D numeric array, whose columns are named ``column 0``,
+    ``column 1``, ..."""
     if not isinstance(arr, np.ndarray) or arr.ndim != 2:
-        raise DataError(f"{path}: expected a 2-D array (rows x columns), got shape "
+        raise DataError(f"{source}: expected a 2-D array (rows x columns), got shape "
                         f"{getattr(arr, 'shape', None)}")
     if arr.dtype.kind not in "biuf" or arr.shape[0] == 0:
-        raise DataError(f"{path}: expected a non-empty numeric array, got {arr.dtype} "
+        raise DataError(f"{source}: expected a non-empty numeric array, got {arr.dtype} "
                         f"of shape {arr.shape}")
     values = arr.astype(np.float64)
     names = [f"column {j}" for j in range(arr.shape[1])]
-    return Table({n: values[:, j] for j, n in enumerate(names)}, path, "npy",
+    return Table({n: values[:, j] for j, n in enumerate(names)}, source, "npy",
                  dict.fromkeys(names, _kind_of(arr)))
 
 

@@ -120,13 +120,16 @@ def choose_id(args: argparse.Namespace) -> str | None:
 
 def _read_predictions(path: str, id_column: str | None):
     """``(classes as text, (n, C) probabilities, ids or None)``."""
-    from ..datasets import DataError, is_identifier_name, read_table
+    from ..datasets import DataError, is_identifier_name, load_npy, read_table
 
     if path.lower().endswith(".npy"):
-        arr = _load_1d_or_2d(path)
+        arr = load_npy(path)
         if arr.ndim != 2:
             raise DataError(f"{path}: expected predicted probabilities of shape (n, classes), "
                             f"got shape {arr.shape}")
+        if arr.dtype.kind not in "iuf":
+            raise DataError(f"{path}: expected predicted probabilities (numbers), got "
+                            f"{arr.dtype}")
         return [str(k) for k in range(arr.shape[1])], arr.astype(np.float64), None
     table = read_table(path, text=[id_column] if id_column else [])
     ids = _ids(table, id_column)
@@ -149,32 +152,24 @@ def _read_predictions(path: str, id_column: str | None):
 
 
 def _read_labels(path: str, target: str | None, id_column: str | None):
-    from ..datasets import DataError, label_column, read_table, resolve_target
+    from ..datasets import DataError, label_column, load_npy, npy_table, read_table, resolve_target
 
-    if path.lower().endswith(".npy"):
-        if id_column:
-            raise DataError("--id needs CSV files")
-        arr = _load_1d_or_2d(path)
+    if path.lower().endswith(".npy"):  # (choose_id refuses --id with .npy files)
+        arr = load_npy(path)
         if arr.ndim == 1:
             if arr.dtype.kind not in "iuU" and not (
                     arr.dtype.kind == "f" and np.all(arr == np.round(arr))):
                 raise DataError(f"{path}: labels must be integers or text, got {arr.dtype}")
             return (arr.astype(np.int64) if arr.dtype.kind in "fiu" else arr), None
-    table = read_table(path, text=[id_column] if id_column else [])
+        table = npy_table(arr, path)  # a table of columns: the label column is --target
+    else:
+        table = read_table(path, text=[id_column] if id_column else [])
     ids = _ids(table, id_column)
     name = resolve_target(table, target)
     if name == id_column:
         raise DataError(f"the label column of {path} is the --id column {id_column!r}; name "
                         "it with --target")
     return label_column(table, name), ids
-
-
-def _load_1d_or_2d(path: str) -> np.ndarray:
-    from ..datasets import load_npy
-
-    if not os.path.exists(path):
-        raise FileNotFoundError(2, "No such file", path)
-    return load_npy(path)
 
 
 def _ids(table, id_column: str | None):
@@ -188,6 +183,23 @@ def _ids(table, id_column: str | None):
         raise DataError(f"id column {id_column!r} of {table.source} repeats the value "
                         f"{str(unique[counts > 1][0])!r}, so rows cannot be matched by it")
     return ids
+
+
+def _class_indices(text: np.ndarray, classes: list[str], args: argparse.Namespace
+                   ) -> np.ndarray:
+    """The probability column of every label (``text``) among ``classes`` (in the file's
+    order, not sorted); a label without one is a :class:`DataError`."""
+    from ..datasets import DataError
+
+    names = np.array(classes, dtype=str)
+    order = np.argsort(names)
+    position = np.minimum(np.searchsorted(names[order], text), len(names) - 1)
+    known = names[order][position] == text
+    if not known.all():
+        raise DataError(f"{args.labels} has label {str(text[~known][0])!r}, which has no "
+                        f"probability column in {args.predictions} (classes: "
+                        f"{', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''})")
+    return order[position].astype(np.int64)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -212,17 +224,13 @@ def run(args: argparse.Namespace) -> int:
                         "--id)")
     text = labels.astype(str)
     if len(classes) == 1:  # P(class 1): the competitions' binary format
-        if not np.all(np.isin(text, ["0", "1"])):
+        binary = np.isin(text, ["0", "1"])
+        if not binary.all():
             raise DataError(f"{args.predictions} has one probability column, read as "
-                            f"P(label 1), so the labels must be 0 or 1; got {str(text[0])!r}")
+                            f"P(label 1), so the labels must be 0 or 1; got "
+                            f"{str(text[~binary][0])!r}")
         classes, proba = ["0", "1"], np.column_stack([1.0 - proba[:, 0], proba[:, 0]])
-    index = {c: k for k, c in enumerate(classes)}
-    unknown = [t for t in np.unique(text).tolist() if t not in index]
-    if unknown:
-        raise DataError(f"{args.labels} has label {unknown[0]!r}, which has no probability "
-                        f"column in {args.predictions} (classes: "
-                        f"{', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''})")
-    y = np.array([index[t] for t in text], dtype=np.int64)
+    y = _class_indices(text, classes, args)
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
