@@ -512,6 +512,27 @@ def test_load_refuses_other_files(tmp_path):
         load_model(pickled)
 
 
+def test_an_archive_is_told_from_a_file_that_is_not_one_by_type(tmp_path):
+    """Whether the file is an .npz archive at all is known from read_npz's exception type,
+    not its wording: a broken member whose name says "not a NumPy .npz archive" is a broken
+    member; another format is named with every format that loads."""
+    import zipfile
+
+    odd = tmp_path / "odd.npz"
+    with zipfile.ZipFile(odd, "w") as archive:
+        archive.writestr("not a NumPy .npz archive.npy", b"garbage")
+    with pytest.raises(ModelFileError, match=r"is not a valid crossent model: array 'not a "
+                                             r"NumPy .npz archive' is not a NumPy array file"):
+        load_model(odd)
+    other = tmp_path / "other.npz"
+    np.savez(other, coef=np.zeros((1, 2)), intercept=np.zeros(1), classes=np.arange(2),
+             meta=np.array(json.dumps({"format": "other/1"})))
+    with pytest.raises(ModelFileError, match="format 'other/1', expected "
+                                             "'crossent.SoftmaxRegression/1' or "
+                                             "'crossent.SoftmaxRegression/2'$"):
+        load_model(other)
+
+
 @pytest.fixture(scope="module")
 def saved_arrays(digits_split):
     X_train, _, y_train, _ = digits_split

@@ -37,7 +37,7 @@ def read_model_file(file: Any) -> tuple[dict[str, np.ndarray], dict]:
     and ``standardize`` (whether ``feature_mean`` and ``feature_scale`` are there).  Raises
     :class:`ModelFileError` naming the file and the first thing wrong with it.
     """
-    from .datasets import DataError, read_npz
+    from .datasets import DataError, NotAnArchive, read_npz
 
     name = os.fspath(file) if isinstance(file, (str, os.PathLike)) else "model file"
     if isinstance(file, (str, os.PathLike)) and not os.path.exists(file):
@@ -48,13 +48,12 @@ def read_model_file(file: Any) -> tuple[dict[str, np.ndarray], dict]:
 
     try:
         arrays = read_npz(file, what=name)
+    except NotAnArchive:
+        raise ModelFileError(f"{name} is not a crossent model: it is not an .npz archive "
+                             "(models are saved by crossent train --out or "
+                             "crossent.classifier.save_model)") from None
     except DataError as exc:
-        text = str(exc)
-        if "not a NumPy .npz archive" in text:
-            raise ModelFileError(f"{name} is not a crossent model: it is not an .npz "
-                                 "archive (models are saved by crossent train --out or "
-                                 "crossent.classifier.save_model)") from None
-        raise bad(text.removeprefix(name + ": ")) from None
+        raise bad(str(exc).removeprefix(name + ": ")) from None
     missing = [k for k in ("coef", "intercept", "classes", "meta") if k not in arrays]
     if missing:
         raise ModelFileError(f"{name} is not a crossent model: it lacks "
@@ -70,7 +69,7 @@ def read_model_file(file: Any) -> tuple[dict[str, np.ndarray], dict]:
     if not isinstance(meta, dict) or meta.get("format") not in READABLE_FORMATS:
         raise ModelFileError(f"{name} is not a crossent model: format "
                              f"{meta.get('format') if isinstance(meta, dict) else None!r}, "
-                             f"expected {MODEL_FORMAT!r}")
+                             f"expected {' or '.join(map(repr, READABLE_FORMATS))}")
     if not isinstance(meta.get("params", {}), dict):
         raise bad("its parameters are not a JSON object")
     coef, intercept, classes = arrays["coef"], arrays["intercept"], arrays["classes"]

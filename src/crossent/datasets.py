@@ -50,6 +50,7 @@ import numpy as np
 
 __all__ = [
     "DataError",
+    "NotAnArchive",
     "Dataset",
     "Table",
     "load_digits",
@@ -84,6 +85,11 @@ ProgressCallback = Callable[[int, int], None]  # (bytes done, bytes in all)
 
 class DataError(ValueError):
     """A data file that cannot be used, described in one line."""
+
+
+class NotAnArchive(DataError):
+    """What :func:`read_npz` raises for a file that is not an ``.npz`` archive at all (not
+    a zip file), as opposed to an archive with a bad member."""
 
 
 @dataclass(frozen=True)
@@ -547,6 +553,8 @@ def read_npz(file: str | os.PathLike | IO[bytes], what: str | None = None
     Each member's header is read first: object arrays, arrays that need more memory than is
     available (together) and arrays that claim more bytes than the member holds are refused
     before anything is allocated.  ``what`` names the file in errors (default: its path).
+    A file that is not a zip archive raises :class:`NotAnArchive`, any other problem
+    :class:`DataError`.
     """
     name = what or (os.fspath(file) if isinstance(file, (str, os.PathLike)) else "the file")
     if isinstance(file, (str, os.PathLike)) and not os.path.exists(file):
@@ -554,7 +562,7 @@ def read_npz(file: str | os.PathLike | IO[bytes], what: str | None = None
     try:
         archive = zipfile.ZipFile(file)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError):
-        raise DataError(f"{name} is not a NumPy .npz archive (not a zip file)") from None
+        raise NotAnArchive(f"{name} is not a NumPy .npz archive (not a zip file)") from None
     arrays = {}
     with archive:
         total = 0
