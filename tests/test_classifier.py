@@ -28,13 +28,12 @@ from sklearn.preprocessing import StandardScaler  # noqa: E402
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
 import crossent  # noqa: E402
+from crossent._row_losses import cross_entropy_rows, squared_error_rows  # noqa: E402
 from crossent.classifier import (  # noqa: E402
     ModelFileError,
     SoftmaxRegression,
     TrainingDiverged,
-    _cross_entropy_rows,
     _Objective,
-    _squared_error_rows,
     load_model,
     save_model,
 )
@@ -201,7 +200,7 @@ def test_objective_gradient_matches_finite_differences(rng, loss, class_weight, 
     # and J is what its formula says
     W, b = obj.unflatten(theta)
     Z = X @ W.T + b
-    loss_rows = _cross_entropy_rows if loss == "cross_entropy" else _squared_error_rows
+    loss_rows = cross_entropy_rows if loss == "cross_entropy" else squared_error_rows
     per_row, _ = loss_rows(Z, y, w, label_smoothing, np.ones(n), want_grad=False)
     s_ = np.ones(n) if s is None else s
     expected = (s_ @ per_row) / s_.sum() + 0.15 * np.sum(W * W)
@@ -212,7 +211,7 @@ def test_cross_entropy_rows_are_the_core(rng):
     """The classifier's cross-entropy is crossent.cross_entropy_with_grad, row by row."""
     Z = rng.standard_normal((6, 3))
     y = rng.integers(0, 3, 6)
-    per_row, grad = _cross_entropy_rows(Z, y, None, 0.0, np.full(6, 1 / 6))
+    per_row, grad = cross_entropy_rows(Z, y, None, 0.0, np.full(6, 1 / 6))
     loss, core_grad = crossent.cross_entropy_with_grad(Z, y)
     assert per_row.mean() == pytest.approx(float(loss), rel=1e-12)
     np.testing.assert_allclose(grad, core_grad, rtol=1e-12)
@@ -222,7 +221,7 @@ def test_squared_error_is_the_brier_sum(rng):
     """SE_i = sum_c (softmax(z_i)_c - onehot(y_i)_c)^2."""
     Z = rng.standard_normal((5, 4))
     y = rng.integers(0, 4, 5)
-    per_row, _ = _squared_error_rows(Z, y, None, 0.0, np.ones(5), want_grad=False)
+    per_row, _ = squared_error_rows(Z, y, None, 0.0, np.ones(5), want_grad=False)
     p = crossent.softmax(Z, axis=1)
     np.testing.assert_allclose(per_row, ((p - np.eye(4)[y]) ** 2).sum(axis=1), rtol=1e-12)
 

@@ -41,8 +41,6 @@ except ImportError as _exc:  # name the extra, not just the module
 from ._kernel import num_threads
 from ._model_file import MODEL_FORMAT, ModelFileError, read_model_file
 from ._row_losses import LOSS_ROWS as _LOSS_ROWS
-from ._row_losses import cross_entropy_rows as _cross_entropy_rows  # noqa: F401
-from ._row_losses import squared_error_rows as _squared_error_rows  # noqa: F401
 from .functional import log_softmax, softmax
 
 __all__ = ["SoftmaxRegression", "TrainingDiverged", "save_model", "load_model", "ModelFileError",
