@@ -33,6 +33,7 @@ __all__ = [
     "save_figure",
     "figure_format",
     "FIGURE_FORMATS",
+    "FIGURE_NAME_HINT",
     "DPI",
 ]
 
@@ -46,6 +47,8 @@ OVERVIEW_INCHES = (11.0, 8.0)  # 1100 x 800
 # not pgf, which needs LaTeX.
 FIGURE_FORMATS = ("png", "pdf", "svg", "svgz", "eps", "ps", "jpg", "jpeg", "tif", "tiff",
                   "webp", "gif")
+# what to do about a figure file named otherwise (said by save_figure and by the commands)
+FIGURE_NAME_HINT = f"name the file with one of {', '.join('.' + f for f in FIGURE_FORMATS)}"
 
 _CE_COLOR = "tab:blue"
 _SE_COLOR = "tab:orange"
@@ -108,8 +111,7 @@ def save_figure(fig: Any, file: Any, name: str | os.PathLike | None = None) -> N
         name = file
     fmt = figure_format(name)
     if fmt is None:
-        raise ValueError(f"cannot write a figure as {os.fspath(name)!r}: name the file with one "
-                         f"of {', '.join('.' + f for f in FIGURE_FORMATS)}")
+        raise ValueError(f"cannot write a figure as {os.fspath(name)!r}: {FIGURE_NAME_HINT}")
     if isinstance(file, (str, os.PathLike)):
         with open(file, "wb") as fh:
             fig.savefig(fh, format=fmt, dpi=DPI)

@@ -95,10 +95,6 @@ MODEL_PACKAGES = ("sklearn", "scipy", "threadpoolctl", "pandas", "tqdm")
 
 def same_path(a: str, b: str) -> bool:
     """Whether ``a`` and ``b`` are the same file (or would be, once created)."""
-    return _same_file(a, b)
-
-
-def _same_file(a: str, b: str) -> bool:
     try:
         return os.path.samefile(a, b)
     except OSError:
@@ -112,6 +108,10 @@ def check_output(path: str | None, force: bool, option: str,
     if path is None:
         return
     check_not_input(path, option, inputs)
+    _check_writable(path, force, option)
+
+
+def _check_writable(path: str, force: bool, option: str) -> None:
     if os.path.isdir(path):
         raise UsageError(f"{option} {path} is a directory; give a file name")
     if os.path.lexists(path) and not force:
@@ -127,7 +127,7 @@ def check_output(path: str | None, force: bool, option: str,
 
 def check_not_input(path: str, option: str, inputs: Sequence[tuple[str, str | None]]) -> None:
     for input_option, input_path in inputs:
-        if input_path is not None and _same_file(path, input_path):
+        if input_path is not None and same_path(path, input_path):
             raise UsageError(f"{option} {path} is the input file of {input_option}; choose "
                              "another name (crossent never overwrites its inputs, even with "
                              "--force)")
@@ -138,13 +138,13 @@ def check_figure_output(path: str | None, force: bool, option: str,
     """:func:`check_output`, and the file name must end in a format crossent can draw."""
     if path is None:
         return
-    from ..plots import FIGURE_FORMATS, figure_format
+    from ..plots import FIGURE_NAME_HINT, figure_format
 
     check_not_input(path, option, inputs)
     if figure_format(path) is None:
-        raise UsageError(f"{option} {path}: cannot write a figure of that type; name the "
-                         f"file with one of {', '.join('.' + f for f in FIGURE_FORMATS)}")
-    check_output(path, force, option, inputs)
+        raise UsageError(f"{option} {path}: cannot write a figure of that type; "
+                         f"{FIGURE_NAME_HINT}")
+    _check_writable(path, force, option)
 
 
 def write_output(path: str, force: bool, option: str, write: Callable[[IO[bytes]], None],
