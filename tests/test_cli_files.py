@@ -82,7 +82,7 @@ def _own_peak_bytes(*args: str) -> int:
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmHWM (Linux)")
-@pytest.mark.parametrize("command", ["evaluate"])
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
 def test_applying_a_model_to_a_large_csv_holds_one_copy_of_it(big_csv, tmp_path, command):
     """``evaluate`` and ``predict`` turn the table they read into the feature matrix in place,
     and ``predict`` streams its CSV out: the peak memory grows by what reading the file takes

@@ -181,3 +181,24 @@ def test_the_id_column_training_left_out_is_copied(tmp_path):
     header, rows = read(result.stdout)
     assert header == ["row", "prob_0", "prob_1", "predicted"]
     assert [(r[0], r[-1]) for r in rows] == [("17", "1"), ("18", "0")]
+
+
+def test_the_output_is_written_in_blocks_of_rows(files, monkeypatch, capsys):
+    """The CSV is streamed a block of rows at a time: blocks that split the rows (and the ids)
+    give the same bytes, on standard output and in --out."""
+    from crossent.cli import main, predict
+
+    keyed = files["folder"] / "streamed.csv"
+    keyed.write_text("key,x1,x2,x3\n" + "".join(
+        f"{i:04d},{a},{b},{c}\n" for i, (a, b, c) in enumerate(files["X"][:7])))
+    args = ["predict", "--model", str(files["model"]), "--data", str(keyed), "--id", "key"]
+    assert main(args) == 0
+    whole = capsys.readouterr().out
+    monkeypatch.setattr(predict, "_ROWS_PER_WRITE", 3)
+    assert main(args) == 0
+    assert capsys.readouterr().out == whole
+    out = files["folder"] / "streamed-preds.csv"
+    assert main([*args, "--out", str(out)]) == 0
+    assert out.read_text() == whole
+    header, rows = read(whole)
+    assert header[0] == "key" and [r[0] for r in rows] == [f"{i:04d}" for i in range(7)]

@@ -16,6 +16,7 @@ import csv
 import io
 import os
 import sys
+from typing import IO
 
 import numpy as np
 
@@ -50,19 +51,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def predictions_csv(model, X: np.ndarray, ids: tuple[str, np.ndarray] | None = None) -> str:
-    """The CSV text: ``[id,] prob_<class>..., predicted``."""
+# rows turned into text at a time: the output is streamed, never held whole
+_ROWS_PER_WRITE = 4096
+
+
+def write_predictions(out: IO[str], model, X: np.ndarray,
+                      ids: tuple[str, np.ndarray] | None = None) -> None:
+    """Write the CSV ``[id,] prob_<class>..., predicted`` to the text stream ``out``."""
     proba = model.predict_proba(X)
     labels = model.classes_[np.argmax(proba, axis=1)]
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    id_name, id_values = ids if ids is not None else (None, None)
-    writer.writerow(([id_name] if ids else []) + [f"prob_{c}" for c in model.classes_]
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(([ids[0]] if ids else []) + [f"prob_{c}" for c in model.classes_]
                     + ["predicted"])
-    for i, (row, label) in enumerate(zip(proba.tolist(), labels.tolist())):
-        writer.writerow(([str(id_values[i])] if ids else []) + [repr(p) for p in row]
-                        + [label])
-    return buf.getvalue()
+    for start in range(0, len(proba), _ROWS_PER_WRITE):
+        rows = slice(start, start + _ROWS_PER_WRITE)
+        firsts = [[str(v)] for v in ids[1][rows].tolist()] if ids else None
+        writer.writerows(
+            (firsts[i] if ids else []) + [repr(p) for p in row] + [label]
+            for i, (row, label) in enumerate(zip(proba[rows].tolist(), labels[rows].tolist())))
 
 
 def _id_column(args: argparse.Namespace, meta: dict) -> str | None:
@@ -103,12 +109,17 @@ def run(args: argparse.Namespace) -> int:
 
     model = build_model(arrays, meta)
     ids = None if id_column is None else (id_column, id_values)
-    text = predictions_csv(model, data.X, ids)
     if args.out is None:
-        sys.stdout.write(text)
+        write_predictions(sys.stdout, model, data.X, ids)
         return 0
-    common.write_output(args.out, args.force, "--out", lambda fh: fh.write(text.encode()),
-                        inputs)
+
+    def write(fh: IO[bytes]) -> None:
+        text = io.TextIOWrapper(fh, encoding="utf-8", newline="")
+        write_predictions(text, model, data.X, ids)
+        text.flush()
+        text.detach()  # (write_output flushes and closes the file itself)
+
+    common.write_output(args.out, args.force, "--out", write, inputs)
     print(f"crossent predict: {data.n_samples} rows of {args.data} -> {args.out}",
           file=sys.stderr)
     return 0
