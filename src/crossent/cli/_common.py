@@ -228,7 +228,9 @@ def reading_progress(path: str | None) -> Iterator[Any]:
         bar.close()
 
 
-def load_training_data(args: argparse.Namespace) -> Any:
+def load_training_data(args: argparse.Namespace) -> tuple[Any, np.ndarray]:
+    """``(data, its sorted classes)``: ``--data`` (or the bundled digits), checked to be
+    labels of a classifier."""
     from ..datasets import check_classes, load_digits, load_file
 
     if args.data is None:
@@ -240,8 +242,7 @@ def load_training_data(args: argparse.Namespace) -> Any:
     else:
         with reading_progress(args.data) as progress:
             data = load_file(args.data, args.target, drop=args.drop, progress=progress)
-    check_classes(data)
-    return data
+    return data, check_classes(data)
 
 
 def standardize(train: Any, test: Any) -> Any:
@@ -299,8 +300,8 @@ class Training:
 def prepare_training(args: argparse.Namespace, command: str) -> Training:
     """The opening of ``train`` and ``compare``: load ``--data`` (or the digits), split it,
     standardise it, and print the data summary and the columns left out."""
-    data = load_training_data(args)
-    summary = describe_data(data)
+    data, classes = load_training_data(args)
+    summary = describe_data(data, len(classes))
     train, test, y_train, y_test = split(data, args.test_size, args.seed)
     training = Training(train, test, y_train, y_test, None, data.source, data.target_name,
                         data.feature_names, data.identifiers)
@@ -317,10 +318,9 @@ def prepare_training(args: argparse.Namespace, command: str) -> Training:
     return training
 
 
-def describe_data(data: Any) -> str:
-    classes = len(np.unique(data.y))
+def describe_data(data: Any, n_classes: int) -> str:
     return (f"{data.source}: {data.n_samples} rows x {data.n_features} features, "
-            f"{classes} classes")
+            f"{n_classes} classes")
 
 
 def describe_left_out(identifiers: Sequence[str], dropped: Sequence[str]) -> str | None:
