@@ -329,6 +329,30 @@ def test_a_table_given_up_becomes_the_features_in_place(tmp_path):
     assert table.columns["key"].tolist() == ["007", "008"]
 
 
+@pytest.mark.parametrize("end", ["\n", "\r\n", "\r"])
+@pytest.mark.parametrize("last", [True, False])
+def test_every_line_ending_is_counted_and_read(tmp_path, monkeypatch, end, last):
+    """The rows are counted before parsing (the table is allocated once, at that size):
+    ``\\r\\n`` and a lone ``\\r`` (old Mac files) end lines as ``\\n`` does, also where a
+    ``\\r\\n`` falls across two blocks of the count, and with or without a last line end."""
+    import crossent.datasets as datasets
+
+    text = end.join(["a,b,y", "1,2,0", "3,4.5,1", "5,6,0"]) + (end if last else "")
+    path = tmp_path / "d.csv"
+    path.write_bytes(text.encode())
+    for block in (1, 2, 3, 5, 1 << 20):
+        monkeypatch.setattr(datasets, "_COUNT_BLOCK_BYTES", block)
+        assert datasets._count_lines(str(path)) == 4
+    table = read_table(path)
+    assert table.n_rows == 3 and table.block.shape == (3, 3)
+    assert table.columns["b"].tolist() == [2.0, 4.5, 6.0]
+    headers = []
+    monkeypatch.setattr(datasets, "csv_header",
+                        lambda p, read=datasets.csv_header: headers.append(p) or read(p))
+    assert load_file(path, drop=["a"]).feature_names == ("b",)
+    assert headers == [str(path)]  # the header is read once, also with --drop
+
+
 def test_drop_leaves_columns_out(tmp_path):
     path = write(tmp_path, "d.csv", "a,b,c,y\n1,2,x,0\n4,5,z,1\n")
     d = load_file(path, drop=["c", "a"])

@@ -76,6 +76,8 @@ DIGITS = "digits"
 _INTEGER = re.compile(r"^[+-]?\d+$")
 # the body of a CSV file is parsed in chunks of about this many bytes of text
 _CSV_CHUNK_BYTES = 16 << 20
+# and its lines are counted (to size the table before parsing) in blocks of this many bytes
+_COUNT_BLOCK_BYTES = 16 << 20
 # a float-written target with more distinct values than this (and than 5% of the rows), or
 # an integer one with more than this and than half the rows, is called continuous
 _FEW_CLASSES = 20
@@ -230,15 +232,21 @@ def read_table(path: str | os.PathLike, *, exclude: Iterable[str] = (),
     A name in either that is not a column of the file is a :class:`DataError`.
     ``progress(done, total)`` is called as a CSV file's bytes are read.
     """
-    path = os.fspath(path)
+    return _read_table(os.fspath(path), tuple(exclude), tuple(text), progress)
+
+
+def _read_table(path: str, exclude: tuple[str, ...], text: tuple[str, ...],
+                progress: ProgressCallback | None,
+                header: tuple[list[str], int] | None = None) -> Table:
+    """:func:`read_table`; ``header`` is a CSV file's :func:`csv_header`, when the caller
+    has read it already."""
     if not os.path.exists(path):
         raise FileNotFoundError(2, "No such file", path)
     if os.path.isdir(path):
         raise DataError(f"{path} is a directory, not a data file")
     ext = os.path.splitext(path)[1].lower()
-    exclude, text = tuple(exclude), tuple(text)
     if ext == ".csv":
-        table = _read_csv(path, exclude, text, progress)
+        table = _read_csv(path, exclude, text, progress, header or csv_header(path))
     elif ext == ".npy":
         table = _read_npy(path)
     elif ext == ".npz":
@@ -316,13 +324,16 @@ def csv_header(path: str) -> tuple[list[str], int]:
 
 
 def _count_lines(path: str) -> int:
-    """Newlines in the file (+1 for a last line without one): at least the number of rows."""
+    """Line ends in the file, each ``\\n``, ``\\r\\n`` or lone ``\\r`` (old Mac files; both
+    parsers take all three), +1 for a last line without one: at least the number of rows."""
     count, last = 0, b"\n"
     with open(path, "rb") as fh:
-        while block := fh.read(16 << 20):
-            count += block.count(b"\n")
+        while block := fh.read(_COUNT_BLOCK_BYTES):
+            # a \r\n split between two blocks counts once, with the \r
+            count += block.count(b"\n") + block.count(b"\r") - block.count(b"\r\n") \
+                - (last == b"\r" and block[:1] == b"\n")
             last = block[-1:]
-    return count + (last != b"\n")
+    return count + (last not in (b"\n", b"\r"))
 
 
 def _csv_rows(path: str):
@@ -366,8 +377,8 @@ def _line_finder(path: str) -> Callable[[int], int]:
 
 
 def _read_csv(path: str, exclude: tuple[str, ...], text: tuple[str, ...],
-              progress: ProgressCallback | None) -> Table:
-    header, header_lines = csv_header(path)
+              progress: ProgressCallback | None, csv_head: tuple[list[str], int]) -> Table:
+    header, header_lines = csv_head
     if all(_is_number(name) for name in header):
         raise DataError(f"{path} has no header line: its first line holds numbers "
                         f"({','.join(header[:4])}{',...' if len(header) > 4 else ''}); add a "
@@ -434,11 +445,7 @@ def _parse_csv(path: str, header: list[str], keep: list[str], as_text: set[str],
                 chunksize=chunk_rows, **exact)
             with reader:
                 for chunk in reader:
-                    m = len(chunk)
-                    if rows + m > len(block):  # cannot happen (rows_at_most); be safe anyway
-                        grown = np.empty((rows + m, block.shape[1]), order="F")
-                        grown[:rows] = block[:rows]
-                        block = grown
+                    m = len(chunk)  # rows + m <= rows_at_most: every row ends a line
                     retype = set()
                     for name in keep:
                         values = chunk[name]
@@ -725,12 +732,13 @@ def load_file(source: str | os.PathLike | Table, target: str | None = None, *,
         path = os.fspath(source)
         # a CSV file's dropped columns are never parsed; the others' are dropped once read
         exclude = drop if path.lower().endswith(".csv") else ()
+        header = None
         if exclude and (target is not None or require_target) and os.path.isfile(path):
-            header = csv_header(path)[0]
-            wanted = str(target) if target is not None else header[-1]
+            header = csv_header(path)  # (once: the reader takes it)
+            wanted = str(target) if target is not None else header[0][-1]
             if wanted in drop:
                 raise DataError(_cannot_drop(wanted, target is None))
-        table = read_table(path, exclude=exclude, progress=progress)
+        table = _read_table(path, exclude, (), progress, header)
         if not exclude:
             _check_columns(table.names, drop, table.source)
     else:
