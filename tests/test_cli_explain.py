@@ -87,7 +87,9 @@ def test_more_examples(capsys, args, expected):
     (["--logits", "nan", "1"], "--logits must be numbers or -inf (PyTorch's loss is NaN for "
                                "NaN and +inf logits)"),
     (["--logits", "inf", "1"], "--logits must be numbers or -inf"),
+    (["--logits", "1", "nan", "2", "inf"], "+inf logits), got nan inf"),
     (["--logits", "-inf", "-inf"], "--logits must not all be -inf"),
+    (["--probs", "0.5", "1.5", "nan"], "--probs must be probabilities in [0, 1], got 1.5 nan"),
     (["--probs", "-0.5", "1.5"], "--probs must be probabilities in [0, 1]"),
     (["--target", "-1"], "--target must be a class index in [0, 2], got -1"),
 ])

@@ -96,9 +96,10 @@ def _check_target(target: int, classes: int) -> None:
 def _explain_logits(z: np.ndarray, y: int, log_unit: float, log_name: str,
                     unit: str) -> list[str]:
     _check_target(y, z.size)
-    if np.any(np.isnan(z) | (z == np.inf)):
+    bad = np.isnan(z) | (z == np.inf)
+    if bad.any():
         raise UsageError("--logits must be numbers or -inf (PyTorch's loss is NaN for NaN and "
-                         "+inf logits)")
+                         f"+inf logits), got {' '.join(_num(x) for x in z[bad])}")
     if np.all(z == -np.inf):
         raise UsageError("--logits must not all be -inf: no class would have a probability "
                          "(PyTorch's loss is NaN)")
@@ -133,8 +134,10 @@ def _explain_logits(z: np.ndarray, y: int, log_unit: float, log_name: str,
 def _explain_probabilities(p: np.ndarray, y: int, log_unit: float, log_name: str,
                            unit: str) -> list[str]:
     _check_target(y, p.size)
-    if np.any(~np.isfinite(p)) or np.any(p < 0) or np.any(p > 1):
-        raise UsageError("--probs must be probabilities in [0, 1]")
+    bad = ~np.isfinite(p) | (p < 0) | (p > 1)
+    if bad.any():
+        raise UsageError("--probs must be probabilities in [0, 1], got "
+                         f"{' '.join(_num(x) for x in p[bad])}")
     if abs(p.sum() - 1) > 1e-6:
         raise UsageError(f"--probs must sum to 1, got a sum of {p.sum():.6g}")
     with np.errstate(divide="ignore"):
