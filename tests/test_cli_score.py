@@ -163,16 +163,27 @@ def test_missing_id(tmp_path):
                        "has no prediction for id 'z'")
 
 
-def test_files_with_ids_match_by_id_without_being_told(tmp_path):
-    """Both files have an 'id' column, in different orders: matched by id."""
+@pytest.mark.parametrize(("predictions", "labels", "column", "expected"), [
+    # both files have an 'id' column, in different orders
+    ("id,prob_0,prob_1\n7,0.9,0.1\n8,0.2,0.8\n9,0.4,0.6\n", "id,y\n9,1\n7,0\n8,1\n", "id",
+     -(np.log(0.9) + np.log(0.8) + np.log(0.6)) / 3),
+    # a submission and a solution keyed by PassengerId; a single probability column is
+    # P(class 1)
+    ("PassengerId,Survived\n892,0.1\n893,0.7\n894,0.4\n",
+     "PassengerId,Survived\n894,1\n892,0\n893,1\n", "PassengerId",
+     -(np.log(0.9) + np.log(0.7) + np.log(0.4)) / 3),
+])
+def test_files_with_ids_match_by_id_without_being_told(tmp_path, predictions, labels, column,
+                                                        expected):
+    """Both files have the id column (by its name), rows in different orders: matched by
+    it without --id."""
     preds = tmp_path / "preds.csv"
-    preds.write_text("id,prob_0,prob_1\n7,0.9,0.1\n8,0.2,0.8\n9,0.4,0.6\n")
-    labels = tmp_path / "labels.csv"
-    labels.write_text("id,y\n9,1\n7,0\n8,1\n")
-    result = crossent("score", str(preds), str(labels))
+    preds.write_text(predictions)
+    answers = tmp_path / "labels.csv"
+    answers.write_text(labels)
+    result = crossent("score", str(preds), str(answers))
     assert result.returncode == 0, result.stderr
-    assert "(3 rows matched by id, 2 classes)" in result.stdout
-    expected = -(np.log(0.9) + np.log(0.8) + np.log(0.6)) / 3
+    assert f"(3 rows matched by {column}, 2 classes)" in result.stdout
     assert value("log loss", result.stdout) == pytest.approx(expected, abs=5e-7)
 
 
@@ -189,20 +200,6 @@ def test_an_id_column_in_one_file_only_is_not_matched_by_position_silently(tmp_p
     result = crossent("score", str(preds), str(labels), "--by-position")
     assert result.returncode == 0, result.stderr
     assert "(2 rows matched by position, 2 classes)" in result.stdout
-
-
-def test_kaggle_ids_by_their_own_name(tmp_path):
-    """A submission and a solution keyed by ``PassengerId``, in different orders: matched by
-    it without --id; a single probability column is P(class 1)."""
-    preds = tmp_path / "submission.csv"
-    preds.write_text("PassengerId,Survived\n892,0.1\n893,0.7\n894,0.4\n")
-    labels = tmp_path / "solution.csv"
-    labels.write_text("PassengerId,Survived\n894,1\n892,0\n893,1\n")
-    result = crossent("score", str(preds), str(labels))
-    assert result.returncode == 0, result.stderr
-    assert "(3 rows matched by PassengerId, 2 classes)" in result.stdout
-    expected = -(np.log(0.9) + np.log(0.7) + np.log(0.4)) / 3
-    assert value("log loss", result.stdout) == pytest.approx(expected, abs=5e-7)
 
 
 def test_repeated_ids_are_refused(tmp_path):
