@@ -61,8 +61,9 @@ def test_training_on_a_large_csv_stays_within_a_small_multiple_of_the_file(big_c
 
 
 # Runs `crossent ARGS`, then writes the process's own peak resident memory to stderr:
-# VmHWM counts this program's memory alone (ru_maxrss of a child also keeps the high-water
-# mark of the test process it was forked from, which is larger once scikit-learn is loaded).
+# VmHWM counts this program's memory alone (the ru_maxrss of a child, which peak_rss_bytes
+# reads, also keeps the high-water mark of the test process it was forked from: once
+# scikit-learn is loaded here, every run reads the same peak, the test process's).
 _WITH_PEAK = """\
 import atexit, runpy, sys
 def peak():
