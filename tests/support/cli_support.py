@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 # Run as a script by `python -c`: the packages named in argv[1] (comma-separated) cannot be
@@ -59,18 +58,30 @@ def python_without(packages: tuple[str, ...], code: str) -> subprocess.Completed
                           capture_output=True, text=True, timeout=120)
 
 
+# Runs ``crossent ARGS``, then writes the process's own peak resident memory to stderr.
+# VmHWM counts this program's memory alone; a child's ru_maxrss (wait4) also keeps the
+# high-water mark of the test process it was forked from, so once scikit-learn is loaded in
+# pytest every run would read the same peak, the test process's.
+_WITH_PEAK = """\
+import atexit, runpy, sys
+def peak():
+    with open("/proc/self/status") as fh:
+        kib = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
+    sys.stderr.write(f"\\npeak {kib}\\n")
+atexit.register(peak)
+runpy.run_module("crossent", run_name="__main__", alter_sys=True)
+"""
+
+
 def peak_rss_bytes(*args: str, cwd=None) -> tuple[int, subprocess.CompletedProcess]:
-    """Run ``python -m crossent ARGS``; its peak resident memory (this child's alone, from
-    ``wait4``) and its result."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "crossent", *args], cwd=cwd,
-                                stdout=out, stderr=err, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = code = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        result = subprocess.CompletedProcess(proc.args, code, out.read(), err.read())
-    return usage.ru_maxrss * 1024, _result(result, args)
+    """Run ``python -m crossent ARGS``; its own peak resident memory (VmHWM, Linux) and its
+    result (stderr without the line that reported the peak)."""
+    proc = subprocess.run([sys.executable, "-c", _WITH_PEAK, *args], capture_output=True,
+                          text=True, timeout=300, cwd=cwd)
+    err, _, kib = proc.stderr.rpartition("\npeak ")
+    result = subprocess.CompletedProcess([sys.executable, "-m", "crossent", *args],
+                                         proc.returncode, proc.stdout, err)
+    return int(kib) * 1024, _result(result, args)
 
 
 def assert_usage_error(result: subprocess.CompletedProcess, fragment: str, *,
