@@ -71,7 +71,9 @@ def check_target_dtype(target: torch.Tensor, probability: bool, index_shape: tup
         if not target.is_floating_point():
             raise sem.ArgumentTypeError(
                 f"target of shape {sem._shape_str(tuple(probability_shape))} holds class "
-                f"probabilities and must be floating point, got {dtype_name(target)}")
+                f"probabilities as floats, so it must be floating point, got "
+                f"{dtype_name(target)}; class indices have shape "
+                f"{sem._shape_str(tuple(index_shape))}")
         check_float_dtype(target, "target", "class probabilities")
     elif target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         raise sem.ArgumentTypeError(

@@ -281,22 +281,10 @@ def cross_entropy(
     probability = sem.is_probability_target(tuple(input.shape), tuple(target.shape))
     autocast = contract.autocast_dtype(
         input.device, input.dtype, *((target.dtype,) if probability else ()))
+    contract.check_target_dtype(target, probability, layout.batch_shape, layout.input_shape)
     if probability:
-        if not target.is_floating_point():
-            raise sem.ArgumentTypeError(
-                "target has the input's shape, so it must hold class probabilities as "
-                f"floats, got dtype {contract.dtype_name(target)}; class indices have shape "
-                f"{layout.batch_shape}"
-            )
-        contract.check_float_dtype(target, "target", "class probabilities")
         sem.check_probability_ignore_index(ignore_index)
     else:
-        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-            raise sem.ArgumentTypeError(
-                "target must hold integer class indices for this input (its shape differs "
-                f"from the input's, so it is not a probability target), got dtype "
-                f"{contract.dtype_name(target)}"
-            )
         sem.check_index_target_shape(layout, tuple(target.shape))
     if target.device != input.device:
         raise sem.ArgumentError(

@@ -661,18 +661,8 @@ def linear_cross_entropy(
     label_smoothing = sem.check_label_smoothing(label_smoothing)
     z_loss = sem.check_z_loss(z_loss)
     softcap = sem.check_softcap(softcap)
-    if probability:
-        if not target.is_floating_point():
-            raise sem.ArgumentTypeError(
-                f"target of shape {tuple(target.shape)} holds class probabilities and must "
-                f"be floating point, got {contract.dtype_name(target)}")
-        contract.check_float_dtype(target, "target", "class probabilities")
-    else:
-        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-            raise sem.ArgumentTypeError(
-                f"target must hold integer class indices of shape {sem._shape_str(loss_shape)} "
-                f"(or probabilities of shape {sem._shape_str(probability_shape)}), got dtype "
-                f"{contract.dtype_name(target)}")
+    contract.check_target_dtype(target, probability, loss_shape, probability_shape)
+    if not probability:
         if tuple(target.shape) != loss_shape:
             raise sem.ArgumentError(
                 f"target must have shape {sem._shape_str(loss_shape)} (class indices) or "
