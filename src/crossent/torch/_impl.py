@@ -35,15 +35,22 @@ def check_impl(impl: object) -> str:
     return impl
 
 
+def auto_impl(device_type: str, dtype: torch.dtype, triton_ready: bool) -> str:
+    """What ``impl="auto"`` means on a device type for logits of ``dtype``: ``"cpu"`` on
+    CPUs, ``"triton"`` for float32/float16/bfloat16 CUDA tensors when the kernels can run
+    (``triton_ready``), ``"torch"`` otherwise."""
+    if device_type == "cpu":
+        return "cpu"
+    if device_type == "cuda" and dtype != torch.float64 and triton_ready:
+        return "triton"
+    return "torch"
+
+
 def resolve_impl(impl: str, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
     """The concrete executor for ``impl`` on ``device`` for logits of ``dtype``."""
     check_impl(impl)
     if impl == "auto":
-        if device.type == "cpu":
-            return "cpu"
-        if device.type == "cuda" and dtype != torch.float64 and _triton_ready(device):
-            return "triton"
-        return "torch"
+        return auto_impl(device.type, dtype, device.type == "cuda" and _triton_ready(device))
     if impl == "cpu" and device.type != "cpu":
         raise RuntimeError(
             f"impl='cpu' runs crossent's NumPy pass on CPU tensors only, got a tensor on "

@@ -47,7 +47,7 @@ import torch
 
 from .. import _semantics as sem
 from . import _contract as contract
-from ._impl import resolve_impl
+from ._impl import auto_impl, check_impl, resolve_impl
 from ._linear_blocked import (
     ScheduleMemory,
     check_block_size,
@@ -514,9 +514,8 @@ def linear_cross_entropy_memory(
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     chunk_size = check_chunk_size(chunk_size)
     vocab_block_size = check_block_size(vocab_block_size)
-    if impl == "auto":  # as resolve_impl would, without asking whether triton imports here
-        impl = "cpu" if device.type == "cpu" else "triton" if device.type == "cuda" \
-            and dtype != torch.float64 else "torch"
+    if check_impl(impl) == "auto":  # a GPU with triton assumed, even on a machine without
+        impl = auto_impl(device.type, dtype, triton_ready=True)
     return _plan(rows, features, vocab, 1, dtype, device.type,
                  (input_grad, weight_grad, bias_grad), None, impl, chunk_size,
                  vocab_block_size, "auto")
